@@ -1,0 +1,73 @@
+"""Reading image pairs from folders: the one place that knows file layouts of paired IR/VIS folders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Pair:
+    name: str  # file stem, shared by both modalities
+    ir: Path
+    vis: Path
+    label: Path | None = None
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"not a folder: {folder}")
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+
+
+def list_pairs(ir_dir: str | Path, vis_dir: str | Path, label_dir: str | Path | None = None,
+               strict: bool = False) -> list[Pair]:
+    """Pairs with the same file stem in both folders, sorted by name.
+
+    strict=True raises on any name present in only one folder (training wants that);
+    otherwise unmatched names are skipped (inference over partial exports).
+    """
+    irs, viss = _by_stem(Path(ir_dir)), _by_stem(Path(vis_dir))
+    labels = _by_stem(Path(label_dir)) if label_dir is not None else {}
+    only_ir, only_vis = sorted(set(irs) - set(viss)), sorted(set(viss) - set(irs))
+    if strict and (only_ir or only_vis):
+        raise ValueError(f"unmatched names: only in {ir_dir}: {only_ir[:5]}, only in {vis_dir}: {only_vis[:5]}")
+    names = sorted(set(irs) & set(viss))
+    if label_dir is not None and strict:
+        missing = [n for n in names if n not in labels]
+        if missing:
+            raise ValueError(f"no label in {label_dir} for: {missing[:5]}")
+    return [Pair(n, irs[n], viss[n], labels.get(n)) for n in names]
+
+
+def read_image(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    img = cv2.imread(str(path), flags)
+    if img is None or img.size == 0:
+        raise ValueError(f"unreadable image: {path}")
+    return img
+
+
+def read_ir(path: str | Path) -> np.ndarray:
+    """Thermal image as HxW, keeping 16-bit counts; colour files are converted to grey."""
+    img = read_image(path)
+    if img.ndim == 3:
+        img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY)
+    return img
+
+
+def read_vis(path: str | Path) -> np.ndarray:
+    """Visible image as HxWx3 BGR uint8 (grey files are expanded)."""
+    img = read_image(path, cv2.IMREAD_COLOR)
+    return img
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    img = read_image(path)
+    if img.ndim == 3:
+        img = img[..., 0]
+    return img
