@@ -1,0 +1,220 @@
+"""End-to-end node benchmark: 640x480 pairs at 30 Hz through real DDS, three processes (spawn).
+
+    .venv/bin/python benchmarks/bench_node.py [--duration 30] [--rate 30] [--checkpoint weights/mafs_t.safetensors]
+
+publisher process -> node process (mafs_ros.node.main) -> this process (receiver). Reports end-to-end
+latency (output receive time minus header stamp, one host clock), the node's overhead (latency minus the
+engine's `total`, measured per frame by the node and read from /diagnostics; plus the receiver-side
+p50 latency minus the engine p50), drop rate, and the node process's CPU %. Without --checkpoint an
+untrained mafs_t is used (speed does not depend on the weights). Writes benchmarks/results/bench_node.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import multiprocessing as mp
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mafs_ros.env import configure_ros_env, unique_domain_id  # noqa: E402
+
+NS = "/bench"
+
+
+def _engine(device: str, _params):
+    from mafs_core.engine import FusionSegmenter
+
+    return FusionSegmenter.from_variant("mafs_t", device=device, warmup=0)
+
+
+def _node(args: list[str], device: str, use_variant: bool) -> None:
+    from mafs_ros.node import main
+
+    main(args, engine_factory=functools.partial(_engine, device) if use_variant else None)
+
+
+def _frames(n: int, h: int, w: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Real MSRS pairs when ../shared/data is there (resized to h x w), else noise."""
+    import cv2
+
+    root = Path(os.environ.get("MAFS_DATA_ROOT", REPO.parent / "shared" / "data")) / "msrs"
+    if (root / "ir").is_dir():
+        from mafs_core.io import list_pairs, read_ir, read_vis
+
+        pairs = list_pairs(root / "ir", root / "vi")[:n]
+        return [(cv2.resize(read_ir(p.ir), (w, h)), cv2.resize(read_vis(p.vis), (w, h))) for p in pairs]
+    rng = np.random.default_rng(0)
+    return [(rng.integers(0, 256, (h, w), np.uint8), rng.integers(0, 256, (h, w, 3), np.uint8)) for _ in range(n)]
+
+
+def _publisher(rate: float, duration: float, h: int, w: int, start: mp.Event, done: mp.Value) -> None:
+    import array
+
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    frames = _frames(16, h, w)
+    rclpy.init()
+    node = rclpy.create_node("bench_publisher", namespace=NS)
+    pubs = (node.create_publisher(Image, "thermal/image", qos_profile_sensor_data),
+            node.create_publisher(Image, "rgb/image", qos_profile_sensor_data))
+    while min(p.get_subscription_count() for p in pubs) == 0:
+        time.sleep(0.05)
+    start.wait()
+    t0, k = time.monotonic(), 0
+    while time.monotonic() - t0 < duration:
+        th, rgb = frames[k % len(frames)]
+        stamp = time.time_ns()
+        for pub, arr, enc in ((pubs[0], th, "mono8"), (pubs[1], rgb, "bgr8")):
+            msg = Image(height=h, width=w, encoding=enc, step=arr.strides[0], data=array.array("B", arr.tobytes()))
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+            msg.header.frame_id = "camera"
+            pub.publish(msg)
+        k += 1
+        time.sleep(max(0.0, t0 + k / rate - time.monotonic()))
+    done.value = k
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=float, default=30.0)
+    ap.add_argument("--rate", type=float, default=30.0)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--checkpoint", default=None, help="default: an untrained mafs_t")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_node.json"))
+    args = ap.parse_args()
+    configure_ros_env(domain_id=unique_domain_id(), log_dir=REPO / "build" / "ros_log")
+
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from mafs_ros.diagnostics import to_dict
+
+    node_args = ["--ros-args", "-r", f"__ns:={NS}", "-p", f"model.device:={args.device}",
+                 "-p", "model.warmup_iterations:=3",
+                 "-p", "diagnostics.period:=1.0", "--log-level", "warn"]
+    if args.checkpoint:
+        node_args += ["-p", f"model.checkpoint:={Path(args.checkpoint).resolve()}"]
+    ctx = mp.get_context("spawn")
+    node_proc = ctx.Process(target=_node, args=(node_args, args.device, not args.checkpoint), daemon=True)
+    node_proc.start()
+    start, done = ctx.Event(), ctx.Value("i", 0)
+    pub_proc = ctx.Process(target=_publisher, args=(args.rate, args.duration, args.height, args.width, start, done),
+                           daemon=True)
+    pub_proc.start()
+
+    rclpy.init()
+    rx = rclpy.create_node("bench_receiver", namespace=NS)
+    latencies: list[float] = []
+    recording = threading.Event()
+
+    def on_fused(msg: Image) -> None:
+        if recording.is_set():
+            latencies.append(time.time() - msg.header.stamp.sec - msg.header.stamp.nanosec * 1e-9)
+
+    rx.create_subscription(Image, "fused/image", on_fused, QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    diags: list[dict] = []
+    rx.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diags.extend(
+        {"message": s.message, **to_dict(s)} for s in m.status if s.hardware_id == f"{NS}/mafs_node"), 10)
+    executor = SingleThreadedExecutor()
+    executor.add_node(rx)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 180
+        while not diags or diags[-1].get("state") != "active":  # model loaded, warmed up, subscribed
+            if time.monotonic() > deadline or not node_proc.is_alive():
+                raise SystemExit("node did not come up")
+            time.sleep(0.1)
+        time.sleep(1.0)
+        cpu0, t0 = _cpu_seconds(node_proc.pid), time.monotonic()
+        recording.set()
+        start.set()
+        pub_proc.join(args.duration + 60)
+        time.sleep(1.5)  # last outputs and one more diagnostics message
+        recording.clear()
+        cpu = (_cpu_seconds(node_proc.pid) - cpu0) / (time.monotonic() - t0) * 100
+        d = diags[-1]
+    finally:
+        if node_proc.is_alive():
+            os.kill(node_proc.pid, signal.SIGINT)
+            node_proc.join(15)
+        executor.shutdown(timeout_sec=2)
+        rx.destroy_node()
+        rclpy.shutdown()
+
+    sent = int(done.value)
+    lat = np.asarray(latencies) * 1e3
+    engine_p50 = float(d.get("engine.total_ms.p50", "nan"))
+    result = {
+        "name": "bench_node",
+        "settings": {"size": [args.width, args.height], "rate_hz": args.rate, "duration_s": args.duration,
+                     "checkpoint": args.checkpoint or "untrained mafs_t", "device": d.get("device"),
+                     "precision": d.get("precision"), "sync_backend": d.get("sync_backend")},
+        "host": {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+        "pairs_sent": sent,
+        "outputs": int(lat.size),
+        "drop_rate": 1 - lat.size / sent if sent else None,
+        "latency_ms": {"p50": float(np.median(lat)), "p99": float(np.percentile(lat, 99)), "max": float(lat.max())}
+        if lat.size else None,
+        "engine_total_ms": {"p50": engine_p50, "p99": float(d.get("engine.total_ms.p99", "nan"))},
+        "node_overhead_ms": {"p50": float(d.get("overhead_ms.p50", "nan")),
+                             "p99": float(d.get("overhead_ms.p99", "nan")),
+                             "note": "node-measured per frame: publish time - stamp - engine total"},
+        "node_own_ms": {"p50": float(d.get("node_ms.p50", "nan")), "p99": float(d.get("node_ms.p99", "nan")),
+                        "note": "overhead minus the wait for a busy engine (newest-pair mailbox): transport in, "
+                                "pairing, decode, encode + publish"},
+        "receiver_overhead_ms_p50": float(np.median(lat)) - engine_p50 if lat.size else None,
+        "node_stage_ms_p50": {k.removesuffix(".p50"): float(v) for k, v in d.items() if k.endswith("_ms.p50")
+                              and not k.startswith(("engine.", "latency", "overhead", "node_ms"))},
+        "dropped": {"replaced": int(d.get("dropped.replaced", 0)), "stale": int(d.get("dropped.stale", 0))},
+        "node_cpu_percent": cpu,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"{'metric':34s} value")
+    rows = [("device / precision", f"{d.get('device')} / {d.get('precision')}"),
+            ("pairs sent / outputs", f"{sent} / {lat.size}"), ("drop rate", f"{result['drop_rate']:.1%}"),
+            ("latency p50 / p99 (ms)", f"{np.median(lat):.1f} / {np.percentile(lat, 99):.1f}"),
+            ("engine total p50 / p99 (ms)", f"{engine_p50:.1f} / {result['engine_total_ms']['p99']:.1f}"),
+            ("node overhead p50 / p99 (ms)", f"{result['node_overhead_ms']['p50']:.2f} / "
+                                             f"{result['node_overhead_ms']['p99']:.2f}"),
+            ("node's own time p50 / p99 (ms)", f"{result['node_own_ms']['p50']:.2f} / "
+                                               f"{result['node_own_ms']['p99']:.2f}"),
+            ("receiver-side overhead p50 (ms)", f"{result['receiver_overhead_ms_p50']:.2f}"),
+            ("node CPU %", f"{cpu:.0f}")]
+    rows += [(f"  stage {k} p50 (ms)", f"{v:.2f}") for k, v in result["node_stage_ms_p50"].items()]
+    for k, v in rows:
+        print(f"{k:34s} {v}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Training/validation datasets for paired IR + visible images (+ optional segmentation labels).
+
+One factory, `build_dataset(kind, root, split)`, reads every supported layout into a flat list of `Record`s;
+`PairDataset` turns records into tensors with augmentations that stay consistent across IR, VIS and label.
+Randomness is a pure function of (seed, epoch, index) so that data order and augmentations replay exactly
+after a resume, whatever the number of DataLoader workers or DDP ranks.
+
+Layouts (`kind`):
+  paired  ROOT/{ir,vi|vis}/ [+ label/]      (also ROOT/SPLIT/...; what `mafs bag export` writes)
+  msrs    ROOT/{train,test}/{ir,vi,Segmentation_labels}
+  mfnet   ROOT/images/*.png (4-channel RGB+T), ROOT/labels/*.png, ROOT/{train,val,test}.txt
+  fmb     ROOT/{train,test}/{Infrared,Visible,Label}
+  pst900  ROOT/{train,test}/{thermal,rgb,labels}
+  auto    detects one of the above.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import kornia.enhance as KE
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mafs_core.io import IMAGE_EXTS, list_pairs, read_image, read_ir, read_label, read_vis
+from mafs_core.preprocess import ThermalNormalizer
+
+IGNORE_INDEX = 255
+KINDS = ("paired", "msrs", "mfnet", "fmb", "pst900")
+# (ir folder, vis folder, label folder) per split-folder layout
+_SPLIT_LAYOUTS = {
+    "msrs": ("ir", "vi", "Segmentation_labels"),
+    "fmb": ("Infrared", "Visible", "Label"),
+    "pst900": ("thermal", "rgb", "labels"),
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str
+    ir: Path | None  # None for MFNet: both modalities live in `rgbt`
+    vis: Path | None
+    label: Path | None = None
+    rgbt: Path | None = None  # 4-channel PNG (B,G,R,T as read by OpenCV)
+
+
+@dataclass
+class AugmentConfig:
+    """Geometric augmentations act on IR, VIS and label alike; photometric jitter touches VIS only."""
+
+    resize: list[int] | None = None  # [H, W] applied first (train and val), e.g. to train at reduced resolution
+    crop: list[int] | None = None  # [H, W] random crop in training (the image is scaled up to cover it if needed)
+    scale: list[float] = field(default_factory=lambda: [1.0, 1.0])  # random scale range (training)
+    hflip: bool = True
+    brightness: float = 0.0  # factor drawn from [1-b, 1+b]
+    contrast: float = 0.0
+    saturation: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------------- layouts
+def _vis_dir(root: Path) -> Path | None:
+    for name in ("vi", "vis", "visible", "rgb"):
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def detect_kind(root: str | Path, split: str = "train") -> str:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root not found: {root}")
+    if (root / "images").is_dir() and any((root / f"{s}.txt").is_file() for s in ("train", "val", "test")):
+        return "mfnet"
+    for kind, (ir, vi, _) in _SPLIT_LAYOUTS.items():
+        if (root / split / ir).is_dir() and (root / split / vi).is_dir():
+            return kind
+    if (root / "ir").is_dir() and _vis_dir(root) is not None:
+        return "paired"
+    if (root / split / "ir").is_dir() and _vis_dir(root / split) is not None:
+        return "paired"
+    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
+    raise ValueError(f"cannot detect the dataset layout of {root} (sub-folders: {subdirs[:10]}); expected one of "
+                     f"{KINDS}: see mafs_core/datasets.py")
+
+
+def list_records(kind: str, root: str | Path, split: str = "train") -> list[Record]:
+    """All samples of one dataset split, sorted by name. Raises on mismatched names."""
+    root = Path(root)
+    if kind == "auto":
+        kind = detect_kind(root, split)
+    if kind == "mfnet":
+        lst = root / f"{split}.txt"
+        if not lst.is_file():
+            raise FileNotFoundError(f"MFNet split list not found: {lst}")
+        names = [ln.strip() for ln in lst.read_text().splitlines() if ln.strip()]
+        missing = [n for n in names if not (root / "images" / f"{n}.png").is_file()]
+        if missing:
+            raise ValueError(f"{len(missing)} names in {lst} have no image in {root / 'images'}: {missing[:5]}")
+        labels = root / "labels"
+        return [Record(n, None, None, labels / f"{n}.png" if (labels / f"{n}.png").is_file() else None,
+                       root / "images" / f"{n}.png") for n in names]
+    if kind in _SPLIT_LAYOUTS:
+        ir_name, vi_name, lab_name = _SPLIT_LAYOUTS[kind]
+        base = root / split
+        ir_dir, vi_dir, lab_dir = base / ir_name, base / vi_name, base / lab_name
+    elif kind == "paired":
+        base = root if (root / "ir").is_dir() else root / split
+        ir_dir, vi_dir, lab_dir = base / "ir", _vis_dir(base), base / "label"
+        if vi_dir is None:
+            raise FileNotFoundError(f"no visible folder (vi/ or vis/) in {base}")
+        if not lab_dir.is_dir():
+            lab_dir = base / "labels"
+    else:
+        raise ValueError(f"unknown dataset kind {kind!r}; expected 'auto' or one of {KINDS}")
+    for d in (ir_dir, vi_dir):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{kind} layout: folder not found: {d}")
+    has_labels = lab_dir.is_dir() and any(p.suffix.lower() in IMAGE_EXTS for p in lab_dir.iterdir())
+    pairs = list_pairs(ir_dir, vi_dir, lab_dir if has_labels else None, strict=True)
+    return [Record(p.name, p.ir, p.vis, p.label) for p in pairs]
+
+
+def holdout_split(records: Sequence[Record], every: int, subset: str) -> list[Record]:
+    """Deterministic validation hold-out: every `every`-th record (by sorted name) is validation."""
+    if every <= 0 or subset == "all":
+        return list(records)
+    if subset not in ("train", "val"):
+        raise ValueError(f"holdout subset must be 'train', 'val' or 'all', got {subset!r}")
+    keep_val = subset == "val"
+    return [r for i, r in enumerate(records) if (i % every == every - 1) == keep_val]
+
+
+# --------------------------------------------------------------------------------------------------- dataset
+class PairDataset(Dataset):
+    """Samples: ir [1,H,W] float [0,1], vis [3,H,W] RGB float [0,1], label [H,W] long (255 = ignore),
+    has_label bool, name str."""
+
+    def __init__(self, records: Sequence[Record], num_classes: int = 9, train: bool = False,
+                 augment: AugmentConfig | None = None, seed: int = 0, ignore_index: int = IGNORE_INDEX,
+                 thermal_norm_8bit: str = "minmax", thermal_norm_16bit: str = "percentile"):
+        if not records:
+            raise ValueError("empty dataset: no image pairs found")
+        self.records = list(records)
+        self.num_classes, self.train, self.seed, self.ignore_index = num_classes, train, seed, ignore_index
+        self.aug = augment or AugmentConfig()
+        self.norm8 = ThermalNormalizer(mode=thermal_norm_8bit, smoothing=0.0)
+        self.norm16 = ThermalNormalizer(mode=thermal_norm_16bit, smoothing=0.0)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    # -- reading
+    def _thermal(self, raw: np.ndarray) -> np.ndarray:
+        if raw.dtype == np.uint8:
+            return self.norm8(raw)
+        if raw.dtype in (np.uint16, np.int16):
+            return self.norm16(raw)
+        return ThermalNormalizer(mode="minmax", smoothing=0.0)(raw.astype(np.float32))
+
+    def load(self, rec: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(ir HxW float32 [0,1], vis HxWx3 RGB float32 [0,1], label HxW int64 or None), sizes checked."""
+        if rec.rgbt is not None:
+            img = read_image(rec.rgbt)
+            if img.ndim != 3 or img.shape[2] != 4:
+                raise ValueError(f"MFNet image must have 4 channels (RGB+T), got shape {img.shape}: {rec.rgbt}")
+            vis = img[..., 2::-1]
+            if vis.dtype != np.uint8:
+                vis = (vis.astype(np.float32) / np.iinfo(vis.dtype).max * 255).astype(np.uint8)
+            ir_raw = np.ascontiguousarray(img[..., 3])
+            srcs = {"rgbt": rec.rgbt}
+        else:
+            ir_raw = read_ir(rec.ir)
+            vis = cv2.cvtColor(read_vis(rec.vis), cv2.COLOR_BGR2RGB)
+            srcs = {"ir": rec.ir, "vis": rec.vis}
+            if ir_raw.shape[:2] != vis.shape[:2]:
+                raise ValueError(f"size mismatch for '{rec.name}': IR {ir_raw.shape[1]}x{ir_raw.shape[0]} "
+                                 f"({rec.ir}) vs VIS {vis.shape[1]}x{vis.shape[0]} ({rec.vis})")
+        label = None
+        if rec.label is not None:
+            label = read_label(rec.label).astype(np.int64)
+            if label.shape[:2] != vis.shape[:2]:
+                raise ValueError(f"size mismatch for '{rec.name}': label {label.shape[1]}x{label.shape[0]} "
+                                 f"({rec.label}) vs image {vis.shape[1]}x{vis.shape[0]} ({next(iter(srcs.values()))})")
+            bad = label[(label >= self.num_classes) & (label != self.ignore_index)]
+            if bad.size:
+                raise ValueError(f"label value {int(bad.max())} outside the class range 0..{self.num_classes - 1} "
+                                 f"(ignore index {self.ignore_index}) in {rec.label}")
+        ir = self._thermal(ir_raw).astype(np.float32)
+        return ir, vis.astype(np.float32) / 255.0, label
+
+    # -- augmentation
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def __getitem__(self, index: int) -> dict:
+        rec = self.records[index]
+        ir, vis, label = self.load(rec)
+        has_label = label is not None
+        if label is None:
+            label = np.full(ir.shape, self.ignore_index, np.int64)
+        a = self.aug
+        if a.resize:
+            ir, vis, label = _resize(ir, vis, label, (a.resize[0], a.resize[1]))
+        jitter = None
+        if self.train:
+            rng = self._rng(index)
+            h, w = ir.shape
+            s = float(rng.uniform(a.scale[0], a.scale[1]))
+            if a.crop:
+                s = max(s, a.crop[0] / h, a.crop[1] / w)  # never pad: scale up until the crop fits
+            if s != 1.0:
+                ir, vis, label = _resize(ir, vis, label, (max(1, math.ceil(h * s)), max(1, math.ceil(w * s))))
+            if a.crop:
+                ch, cw = a.crop
+                y0 = int(rng.integers(0, ir.shape[0] - ch + 1))
+                x0 = int(rng.integers(0, ir.shape[1] - cw + 1))
+                ir, vis, label = (t[y0:y0 + ch, x0:x0 + cw] for t in (ir, vis, label))
+            if a.hflip and rng.random() < 0.5:
+                ir, vis, label = ir[:, ::-1], vis[:, ::-1], label[:, ::-1]
+            jitter = [float(rng.uniform(1 - v, 1 + v)) for v in (a.brightness, a.contrast, a.saturation)]
+        ir_t = torch.from_numpy(np.ascontiguousarray(ir))[None]
+        vis_t = torch.from_numpy(np.ascontiguousarray(vis)).permute(2, 0, 1).contiguous()
+        if jitter is not None and any(j != 1.0 for j in jitter):
+            # kornia's functional ops with factors drawn from our (seed, epoch, index) generator: replayable
+            vis_t = KE.adjust_brightness(vis_t, jitter[0] - 1.0)  # additive shift in kornia
+            vis_t = KE.adjust_contrast(vis_t, jitter[1])
+            vis_t = KE.adjust_saturation(vis_t, jitter[2]).clamp(0.0, 1.0)
+        return {"ir": ir_t, "vis": vis_t, "label": torch.from_numpy(np.ascontiguousarray(label)),
+                "has_label": torch.tensor(has_label), "name": rec.name}
+
+
+def _resize(ir: np.ndarray, vis: np.ndarray, label: np.ndarray, size: tuple[int, int]):
+    h, w = size
+    if ir.shape == (h, w):
+        return ir, vis, label
+    interp = cv2.INTER_AREA if h < ir.shape[0] else cv2.INTER_LINEAR
+    ir = cv2.resize(np.ascontiguousarray(ir), (w, h), interpolation=interp)
+    vis = cv2.resize(np.ascontiguousarray(vis), (w, h), interpolation=interp)
+    label = cv2.resize(np.ascontiguousarray(label).astype(np.uint8 if label.max() < 256 else np.int32), (w, h),
+                       interpolation=cv2.INTER_NEAREST).astype(np.int64)
+    return ir, vis, label
+
+
+def build_dataset(kind: str, root: str | Path, split: str = "train", *, num_classes: int = 9, train: bool = False,
+                  augment: AugmentConfig | None = None, seed: int = 0, holdout_every: int = 0,
+                  holdout: str = "all", **kwargs) -> PairDataset:
+    """The one factory: `kind` in KINDS or "auto"; `holdout_every`/`holdout` carve a validation subset
+    ("train" drops every N-th pair, "val" keeps only those)."""
+    records = holdout_split(list_records(kind, root, split), holdout_every, holdout)
+    if not records:
+        raise ValueError(f"no samples in {root} (kind={kind}, split={split}, holdout={holdout})")
+    return PairDataset(records, num_classes=num_classes, train=train, augment=augment, seed=seed, **kwargs)

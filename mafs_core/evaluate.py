@@ -1,0 +1,398 @@
+"""`mafs eval`: run the engine over paired folders and report fusion metrics, IoU and samples.
+
+The reusable part is ``Evaluator``: feed it (name, ir, vis, FusionResult, label) one frame at a time,
+from folders (`mafs eval`) or a bag stream (`mafs bag eval`), then ``finish(out_dir)`` writes
+report.json, report.md, iou.png (when labelled) and samples.png, and returns the report dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from mafs_core.classes import default_palette
+from mafs_core.metrics import FUSION_METRICS, ConfusionMatrix, baseline_fusions, binary_masks, fusion_metrics, to_gray
+from mafs_core.report import Sample, markdown_report, plot_iou, plot_samples, write_json
+
+log = logging.getLogger(__name__)
+
+_CONDITION = re.compile(r"\d([DN])$")  # MSRS/MFNet names: 00004N = night, 00055D = day
+CONDITIONS = {"D": "day", "N": "night"}
+
+
+class ResultLike(Protocol):
+    """What the evaluator reads from mafs_core.engine.FusionResult."""
+    fused_bgr: np.ndarray
+    mask: np.ndarray
+    overlay: np.ndarray | None
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class LabelMode:
+    """How label images are read: 'multiclass' (ids, 255 ignored) or binary one-class masks (0 / non-zero)."""
+    kind: str = "multiclass"
+    class_id: int | None = None
+    class_name: str | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.kind == "multiclass" else f"binary:{self.class_name}"
+
+
+def parse_label_mode(spec: str | LabelMode, class_names: Sequence[str]) -> LabelMode:
+    """'multiclass' or 'binary:CLASSNAME' (e.g. binary:person for msrs_person_masks)."""
+    if isinstance(spec, LabelMode):
+        return spec
+    if spec == "multiclass":
+        return LabelMode()
+    if spec.startswith("binary:"):
+        name = spec.split(":", 1)[1]
+        if name not in class_names:
+            raise ValueError(f"label mode {spec!r}: class {name!r} not in the model's classes {list(class_names)}")
+        return LabelMode("binary", list(class_names).index(name), name)
+    raise ValueError(f"label mode must be 'multiclass' or 'binary:CLASSNAME', got {spec!r}")
+
+
+def condition_of(name: str) -> str | None:
+    m = _CONDITION.search(name)
+    return CONDITIONS[m.group(1)] if m else None
+
+
+def ir_to_uint8(ir: np.ndarray) -> np.ndarray:
+    """The IR source image the metrics compare against: 8-bit IR as is (as papers do), other depths min-max
+    stretched with the engine's ThermalNormalizer (the same view of the scene the network got)."""
+    if ir.ndim == 3:
+        ir = to_gray(ir) if ir.dtype == np.uint8 else ir[..., 0]
+    if ir.dtype == np.uint8:
+        return ir
+    from mafs_core.preprocess import ThermalNormalizer
+
+    return np.round(ThermalNormalizer("minmax")(ir) * 255.0).astype(np.uint8)
+
+
+def make_overlay(vis_bgr: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Class colours blended over the visible image (used when the engine was asked for no overlay)."""
+    color = palette[np.clip(mask, 0, len(palette) - 1)][..., ::-1]  # RGB palette -> BGR
+    out = cv2.addWeighted(vis_bgr, 1 - alpha, np.ascontiguousarray(color), alpha, 0)
+    return np.where(mask[..., None] == 0, vis_bgr, out)  # class 0 (unlabelled) stays see-through
+
+
+def _thumb(img: np.ndarray, width: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    if w <= width:
+        return img.copy()
+    return cv2.resize(img, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(values, np.float64)
+    return {"mean": float(a.mean()), "median": float(np.median(a)), "p99": float(np.percentile(a, 99)), "n": len(a)}
+
+
+class Evaluator:
+    """Accumulates per-frame metrics; memory stays bounded (sums, one confusion matrix, a few thumbnails).
+
+    Per-image metric values are kept (a few floats each) for report.json unless keep_per_image=False.
+    """
+
+    def __init__(self, class_names: Sequence[str], palette: np.ndarray | None = None,
+                 label_mode: str | LabelMode = "multiclass", baselines: bool = False, num_samples: int = 6,
+                 thumb_width: int = 320, metrics: Sequence[str] = FUSION_METRICS, keep_per_image: bool = True):
+        self.class_names = list(class_names)
+        self.palette = np.asarray(palette if palette is not None else default_palette(len(self.class_names)), np.uint8)
+        self.label_mode = parse_label_mode(label_mode, self.class_names)
+        self.baselines = baselines
+        self.num_samples = num_samples
+        self.thumb_width = thumb_width
+        self.metrics = tuple(metrics)
+        self.keep_per_image = keep_per_image
+        if self.label_mode.kind == "binary":
+            self.seg_names = [f"not_{self.label_mode.class_name}", self.label_mode.class_name]
+            self.cm = ConfusionMatrix(2, ignore_index=None)
+        else:
+            self.seg_names = self.class_names
+            self.cm = ConfusionMatrix(len(self.class_names), ignore_index=255)
+        self.num_images = 0
+        self.num_labelled = 0
+        self._sums: dict[tuple[str | None, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self._counts: dict[str | None, int] = defaultdict(int)
+        self._pred_pixels = np.zeros(len(self.class_names), np.int64)
+        self._timings: dict[str, list[float]] = defaultdict(list)
+        self._samples: dict[str | None, list[Sample]] = defaultdict(list)
+        self.per_image: list[dict] = []
+        self.skipped: list[dict] = []
+        self.warnings: dict[str, int] = defaultdict(int)
+
+    def skip(self, name: str, reason: str) -> None:
+        """Record a frame that could not be evaluated (unreadable file, engine error) without stopping."""
+        if len(self.skipped) < 3:
+            log.warning("skipping %s: %s", name, reason)
+        self.skipped.append({"name": name, "reason": reason})
+
+    def _warn(self, key: str, msg: str) -> None:
+        """Count a recoverable problem; log only its first occurrences so long bag runs stay readable."""
+        self.warnings[key] += 1
+        if self.warnings[key] <= 3:
+            log.warning("%s%s", msg, " (further ones only counted)" if self.warnings[key] == 3 else "")
+
+    def add(self, name: str, ir: np.ndarray, vis_bgr: np.ndarray, result: ResultLike,
+            label: np.ndarray | None = None) -> dict[str, Any]:
+        """Evaluate one frame; returns its per-image record (metrics per method, IoU when labelled).
+
+        A frame that cannot be scored (wrong dtype, sizes that do not match, images too small) is
+        recorded under "skipped" and returns {"name", "skipped"}: evaluation of a stream never stops on it.
+        """
+        try:
+            record, cm, ir8, vis_bgr, mask = self._score(name, ir, vis_bgr, result, label)
+        except ValueError as exc:
+            self.skip(name, str(exc))
+            return {"name": name, "skipped": str(exc)}
+        # Commit only after everything was computed, so a bad frame leaves no partial sums behind.
+        cond = record["condition"]
+        for key in {None, cond}:
+            self._counts[key] += 1
+            for method in ("model", "max", "mean"):
+                for k, v in record.get(method, {}).items():
+                    self._sums[(key, method)][k] += v
+        n = len(self.class_names)
+        self._pred_pixels += np.bincount(np.clip(mask.ravel(), 0, n - 1), minlength=n)[:n]
+        if cm is not None:
+            self.cm.mat += cm.mat
+            self.cm.invalid_predictions += cm.invalid_predictions
+            self.num_labelled += 1
+        for k, v in (getattr(result, "timings", None) or {}).items():
+            self._timings[k].append(float(v))
+        self._keep_sample(name, cond, ir8, vis_bgr, result, mask)
+        self.num_images += 1
+        if self.keep_per_image:
+            self.per_image.append(record)
+        return record
+
+    def _score(self, name: str, ir: np.ndarray, vis_bgr: np.ndarray, result: ResultLike,
+               label: np.ndarray | None) -> tuple[dict, ConfusionMatrix | None, np.ndarray, np.ndarray, np.ndarray]:
+        """Everything add() needs, computed without touching the accumulators (may raise ValueError)."""
+        vis_bgr = vis_bgr if vis_bgr.ndim == 3 else cv2.cvtColor(vis_bgr, cv2.COLOR_GRAY2BGR)
+        ir8 = ir_to_uint8(ir)
+        if ir8.shape != vis_bgr.shape[:2]:  # engine output lives at the RGB resolution
+            self._warn("ir_resized_to_vis", f"{name}: IR {ir8.shape} resized to the VIS size {vis_bgr.shape[:2]}")
+            ir8 = cv2.resize(ir8, (vis_bgr.shape[1], vis_bgr.shape[0]), interpolation=cv2.INTER_LINEAR)
+        vis_y = to_gray(vis_bgr)
+        fused_y = to_gray(np.asarray(result.fused_bgr))
+        mask = np.asarray(result.mask)
+        if fused_y.shape != vis_y.shape or mask.shape != vis_y.shape:
+            raise ValueError(f"engine output (fused {fused_y.shape}, mask {mask.shape}) is not at the visible "
+                             f"resolution {vis_y.shape}")
+        cond = condition_of(name)
+        record: dict[str, Any] = {"name": name, "condition": cond}
+        fusions = {"model": fused_y}
+        if self.baselines and self.metrics:
+            fusions.update(baseline_fusions(ir8, vis_y))
+        for method, fused in fusions.items():
+            record[method] = fusion_metrics(ir8, vis_y, fused, self.metrics)
+        cm = None
+        if label is not None:
+            label = label if label.ndim == 2 else label[..., 0]
+            if label.shape != mask.shape:
+                self._warn("label_shape_mismatch", f"{name}: label {label.shape} does not match mask {mask.shape}; "
+                                                   "not scored")
+            else:
+                if self.label_mode.kind == "binary":
+                    pred, gt = binary_masks(mask, label, self.label_mode.class_id)
+                else:
+                    pred, gt = mask, label
+                cm = ConfusionMatrix(self.cm.num_classes, ignore_index=self.cm.ignore_index)
+                cm.update(pred, gt)
+                record["miou"] = cm.miou()
+                if self.label_mode.kind == "binary":
+                    record[f"iou_{self.label_mode.class_name}"] = float(cm.iou()[1])
+        return record, cm, ir8, vis_bgr, mask
+
+    def _keep_sample(self, name: str, cond: str | None, ir8: np.ndarray, vis_bgr: np.ndarray,
+                     result: ResultLike, mask: np.ndarray) -> None:
+        """First num_samples frames of each condition (day / night / other): bounded, and the grid can mix them."""
+        if len(self._samples[cond]) >= self.num_samples:
+            return
+        overlay = result.overlay if getattr(result, "overlay", None) is not None else \
+            make_overlay(vis_bgr, mask, self.palette)
+        w = self.thumb_width
+        self._samples[cond].append(Sample(name, _thumb(ir8, w), _thumb(vis_bgr, w), _thumb(result.fused_bgr, w),
+                                          _thumb(overlay, w)))
+
+    def samples(self) -> list[Sample]:
+        """Up to num_samples thumbnails, taken in turn from each condition (day, night, other)."""
+        groups = [self._samples[k] for k in ("day", "night", None) if self._samples.get(k)]
+        out: list[Sample] = []
+        i = 0
+        while len(out) < self.num_samples and any(i < len(g) for g in groups):
+            out += [g[i] for g in groups if i < len(g)]
+            i += 1
+        return out[:self.num_samples]
+
+    def _means(self, key: str | None) -> dict[str, dict[str, float]]:
+        n = self._counts[key]
+        methods = ["model"] + (["max", "mean"] if self.baselines else [])
+        return {m: {k: self._sums[(key, m)][k] / n for k in self.metrics} for m in methods}
+
+    def report(self) -> dict[str, Any]:
+        """The report dict (what finish() writes as report.json)."""
+        rep: dict[str, Any] = {"num_images": self.num_images, "metrics_direction": "higher is better (all)"}
+        if self.num_images and self.metrics:
+            rep["fusion"] = self._means(None)
+            conds = {c: {"num_images": self._counts[c], "fusion": self._means(c)}
+                     for c in ("day", "night") if self._counts.get(c)}
+            if conds:
+                rep["fusion_by_condition"] = conds
+        if self.num_images:
+            total = self._pred_pixels.sum()
+            rep["predicted_class_fraction"] = {n: float(c / total) for n, c in zip(self.class_names,
+                                                                                  self._pred_pixels)}
+        if self.num_labelled:
+            seg = {"label_mode": str(self.label_mode), "num_labelled": self.num_labelled, "ignore_index":
+                   self.cm.ignore_index, **self.cm.to_dict(self.seg_names)}
+            if self.label_mode.kind == "binary":
+                name = self.label_mode.class_name
+                seg["headline"] = {"name": f"{name} IoU", "value": seg["iou"][name]}
+            if self.cm.invalid_predictions:
+                self.warnings["invalid_predicted_ids"] = self.cm.invalid_predictions
+            rep["segmentation"] = seg
+        if self._timings:
+            rep["timings_ms"] = {k: _stats(v) for k, v in self._timings.items()}
+        rep["warnings"] = dict(self.warnings)
+        rep["skipped"] = list(self.skipped)
+        if self.keep_per_image:
+            rep["per_image"] = self.per_image
+        return rep
+
+    def finish(self, out_dir: str | Path, extra: dict | None = None) -> dict[str, Any]:
+        """Write report.json, report.md, iou.png (when labelled) and samples.png; return the report dict.
+
+        `extra` goes under "run" (checkpoint, device, data folders...) and into the markdown header.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        rep = {"run": dict(extra or {}), **self.report()}
+        write_json(out / "report.json", rep)
+        (out / "report.md").write_text(markdown_report(rep))
+        files = ["report.json", "report.md"]
+        if "segmentation" in rep:
+            seg = rep["segmentation"]
+            plot_iou(out / "iou.png", seg, f"IoU ({seg['label_mode']}, {seg['num_labelled']} images)")
+            files.append("iou.png")
+        if self.num_images:
+            plot_samples(out / "samples.png", self.samples())
+            files.append("samples.png")
+        rep["files"] = files
+        return rep
+
+
+# ---------------------------------------------------------------------------- CLI
+
+EXAMPLES = """examples:
+  mafs eval --ir data/msrs/ir --vis data/msrs/vi --out eval_msrs --baselines
+  mafs eval --ir masks/ir --vis masks/vi --labels masks/label --label-mode binary:person --out eval_person
+  mafs eval --ir DIR --vis DIR --out smoke --random-init mafs_t --limit 5
+"""
+
+
+def register(subparsers: argparse._SubParsersAction, registry: dict) -> None:
+    p = subparsers.add_parser("eval", help="fusion metrics, IoU and sample grid over paired IR/VIS folders",
+                              description=__doc__, epilog=EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ir", required=True, type=Path, help="folder of thermal images")
+    p.add_argument("--vis", required=True, type=Path, help="folder of visible images (same file stems)")
+    p.add_argument("--labels", type=Path, help="folder of label images (same stems); enables IoU")
+    p.add_argument("--label-mode", default="multiclass",
+                   help="'multiclass' (class ids, 255 ignored) or 'binary:CLASSNAME' for 0/255 one-class masks "
+                        "(e.g. binary:person for msrs_person_masks)")
+    p.add_argument("--out", required=True, type=Path, help="output folder for report.json/.md and PNGs")
+    p.add_argument("--checkpoint", type=Path, help="MAFS checkpoint or .onnx (default: shipped weights)")
+    p.add_argument("--random-init", metavar="VARIANT",
+                   help="evaluate a seeded random-init network (e.g. mafs_t) instead of weights: smoke runs")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="auto", help="auto, fp32, fp16, bf16")
+    p.add_argument("--warmup", type=int, help="engine warm-up passes before timing (default: the engine's)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N pairs")
+    p.add_argument("--baselines", action="store_true", help="also score pixel-max and mean fusion")
+    p.add_argument("--samples", type=int, default=6, help="rows in samples.png")
+    p.add_argument("--save-fused", action="store_true",
+                   help="also write OUT/fused/NAME.png (fused BGR) and OUT/mask/NAME.png (class ids)")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from mafs_core.engine import FusionSegmenter
+    from mafs_core.io import list_pairs, read_ir, read_label, read_vis
+
+    pairs = list_pairs(args.ir, args.vis, args.labels)
+    if args.limit is not None:
+        pairs = pairs[:max(0, args.limit)]
+    if not pairs:
+        print(f"error: no image pairs with matching names in {args.ir} and {args.vis}")
+        return 2
+    overrides = {"warmup": args.warmup} if args.warmup is not None else {}
+    try:
+        if args.random_init:
+            engine = FusionSegmenter.from_variant(args.random_init, device=args.device, precision=args.precision,
+                                                  **overrides)
+        else:
+            engine = FusionSegmenter.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
+                                                     **overrides)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # missing weights, bad checkpoint or device
+        print(f"error: {exc}")
+        return 2
+    try:
+        mode = parse_label_mode(args.label_mode, engine.class_names)
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
+    ev = Evaluator(engine.class_names, engine.palette, label_mode=mode, baselines=args.baselines,
+                   num_samples=args.samples)
+    if args.labels is not None:
+        missing = sum(p.label is None for p in pairs)
+        if missing:
+            ev.warnings["pairs_without_label"] = missing
+    for pair in tqdm(pairs, desc="eval", unit="img"):
+        try:
+            ir, vis = read_ir(pair.ir), read_vis(pair.vis)
+            label = read_label(pair.label) if pair.label is not None else None
+        except ValueError as exc:
+            ev.skip(pair.name, str(exc))
+            continue
+        result = engine.run(ir, vis, rgb_encoding="bgr8", want_color=False, want_overlay=True)
+        ev.add(pair.name, ir, vis, result, label)
+        if args.save_fused:
+            for sub, img in (("fused", result.fused_bgr), ("mask", result.mask)):
+                (args.out / sub).mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(args.out / sub / f"{pair.name}.png"), img)
+    run = {"ir_dir": str(args.ir), "vis_dir": str(args.vis),
+           "labels_dir": str(args.labels) if args.labels else None, "label_mode": str(mode),
+           "checkpoint": f"random-init {args.random_init}" if args.random_init else str(args.checkpoint or "default"),
+           "variant": engine.variant, "device": str(engine.device), "precision": str(engine.precision)}
+    rep = ev.finish(args.out, run)
+    engine.release()
+    _print_summary(rep, args.out)
+    return 0
+
+
+def _print_summary(rep: dict, out: Path) -> None:
+    print(f"evaluated {rep['num_images']} images -> {out}/ ({', '.join(rep['files'])})")
+    for method, m in rep.get("fusion", {}).items():
+        print(f"  {method:6s} " + "  ".join(f"{k}={v:.3f}" for k, v in m.items()))
+    seg = rep.get("segmentation")
+    if seg:
+        def f(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.4f}"
+
+        head = f"{seg['headline']['name']}={f(seg['headline']['value'])}  " if seg.get("headline") else ""
+        print(f"  segmentation ({seg['label_mode']}): {head}mIoU={f(seg['miou'])}  acc={f(seg['pixel_accuracy'])}")

@@ -1,0 +1,116 @@
+"""Losses for both training stages. Images are float in [0,1]; VIS is RGB; fused outputs are luminance (Y).
+
+Stage I  : `mae_loss` (L1 + Sobel-gradient L1 on both reconstructed modalities).
+Stage II : `fusion_loss` (salience-weighted intensity toward max(IR, Y), gradient toward the stronger source
+           edge, SSIM to both sources), `ohem_ce` (segmentation), `channel_kd` (teacher distillation),
+           `pseudo_labels` (teacher argmax where labels are missing).
+"""
+
+from __future__ import annotations
+
+import math
+
+import kornia
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+
+
+def rgb_to_y(vis: torch.Tensor) -> torch.Tensor:
+    """[B,3,H,W] RGB -> [B,1,H,W] BT.601 luminance (the channel the network fuses)."""
+    return kornia.color.rgb_to_ycbcr(vis)[:, :1]
+
+
+def grad_mag(x: torch.Tensor) -> torch.Tensor:
+    """|d/dx| + |d/dy| of a Sobel filter (kornia), same shape as x."""
+    g = kornia.filters.spatial_gradient(x, mode="sobel", order=1, normalized=True)  # [B,C,2,H,W]
+    return g.abs().sum(2)
+
+
+def rec_loss(rec: torch.Tensor, target: torch.Tensor, grad_weight: float = 1.0) -> torch.Tensor:
+    """Stage I reconstruction of one full modality: L1 + grad_weight * L1 of Sobel gradient magnitudes."""
+    return F.l1_loss(rec, target) + grad_weight * F.l1_loss(grad_mag(rec), grad_mag(target))
+
+
+def mae_loss(rec_ir: torch.Tensor, rec_vis: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor,
+             grad_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Unweighted sum of both modalities' reconstruction losses (training weights them per task)."""
+    l_ir, l_vis = rec_loss(rec_ir, ir, grad_weight), rec_loss(rec_vis, vis, grad_weight)
+    return l_ir + l_vis, {"rec_ir": float(l_ir.detach()), "rec_vis": float(l_vis.detach())}
+
+
+def ir_saliency(ir: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
+    """Frequency-tuned saliency of the thermal image (|blur(IR) - mean(IR)|, scaled per image to [0,1]):
+    warm targets (people, engines) stand out from the background in IR."""
+    k = 2 * math.ceil(3 * sigma) + 1
+    blur = kornia.filters.gaussian_blur2d(ir, (k, k), (sigma, sigma))
+    s = (blur - ir.mean((2, 3), keepdim=True)).abs()
+    return s / s.amax((2, 3), keepdim=True).clamp_min(1e-6)
+
+
+def fusion_loss(fused_y: torch.Tensor, ir: torch.Tensor, vis_y: torch.Tensor, target_mask: torch.Tensor | None = None,
+                w_int: float = 1.0, w_grad: float = 1.0, w_ssim: float = 1.0, salient_weight: float = 1.0
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Unsupervised fusion objective.
+
+    intensity: L1 to max(IR, VIS-Y), weighted by 1 + salient_weight * S, S = max(IR saliency, target_mask)
+               (target_mask in [0,1], e.g. the teacher's person+car probability) so warm targets keep IR contrast;
+    gradient : L1 between |grad F| and max(|grad IR|, |grad Y|) (keep the sharper texture of either source);
+    ssim     : mean of kornia SSIM losses against IR and against VIS-Y (structure of both).
+    """
+    sal = ir_saliency(ir)
+    if target_mask is not None:
+        sal = torch.maximum(sal, target_mask.to(sal.dtype))
+    weight = 1.0 + salient_weight * sal.detach()
+    l_int = (weight * (fused_y - torch.maximum(ir, vis_y)).abs()).mean() / weight.mean()
+    l_grad = F.l1_loss(grad_mag(fused_y), torch.maximum(grad_mag(ir), grad_mag(vis_y)))
+    l_ssim = 0.5 * (kornia.losses.ssim_loss(fused_y, ir, 11) + kornia.losses.ssim_loss(fused_y, vis_y, 11))
+    total = w_int * l_int + w_grad * l_grad + w_ssim * l_ssim
+    return total, {"f_int": float(l_int.detach()), "f_grad": float(l_grad.detach()), "f_ssim": float(l_ssim.detach())}
+
+
+def ohem_ce(logits: torch.Tensor, target: torch.Tensor, thresh: float = 0.7, min_kept: int = 10000,
+            ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Online hard example mining cross-entropy: mean CE over pixels whose true-class probability is below
+    `thresh`, but at least the `min_kept` hardest valid pixels. Zero (with grad) if no pixel is labelled."""
+    pix = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none").flatten()
+    valid = target.flatten() != ignore_index
+    pix = pix[valid]
+    n = pix.numel()
+    if n == 0:
+        return logits.sum() * 0.0
+    hard = pix > -math.log(thresh)
+    n_keep = min(n, max(min_kept, int(hard.sum())))
+    return pix.topk(n_keep, sorted=False).values.mean()
+
+
+def channel_kd(student: torch.Tensor, teacher: torch.Tensor, tau: float = 4.0) -> torch.Tensor:
+    """Channel-wise distillation (Shu et al., ICCV 2021): each class map becomes a spatial distribution
+    softmax(logits / tau) over H*W; KL(teacher || student) per channel, times tau^2, averaged over B*C."""
+    if student.shape != teacher.shape:
+        if student.shape[:2] != teacher.shape[:2]:
+            raise ValueError(f"KD needs the same classes: student {tuple(student.shape)}, "
+                             f"teacher {tuple(teacher.shape)}")
+        student = F.interpolate(student, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
+    b, c = student.shape[:2]
+    s = F.log_softmax(student.float().reshape(b * c, -1) / tau, dim=1)
+    t = F.log_softmax(teacher.float().reshape(b * c, -1) / tau, dim=1)
+    return (tau**2) * F.kl_div(s, t, log_target=True, reduction="sum") / (b * c)
+
+
+def pseudo_labels(teacher_logits: torch.Tensor, conf_thresh: float = 0.0,
+                  ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Teacher argmax as labels; pixels with max probability below `conf_thresh` become `ignore_index`."""
+    prob = teacher_logits.float().softmax(1)
+    conf, lab = prob.max(1)
+    if conf_thresh > 0:
+        lab = lab.masked_fill(conf < conf_thresh, ignore_index)
+    return lab
+
+
+def merge_labels(label: torch.Tensor, has_label: torch.Tensor, pseudo: torch.Tensor | None) -> torch.Tensor:
+    """Ground truth where an image has labels, teacher pseudo-labels where it has none."""
+    if pseudo is None:
+        return label
+    return torch.where(has_label.view(-1, 1, 1).to(label.device), label, pseudo)

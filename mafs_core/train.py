@@ -1,0 +1,750 @@
+"""MAFS training: Stage I (masked-autoencoder pre-training) and Stage II (joint fusion + segmentation).
+
+    mafs train configs/mafs_t_stage1.yaml [key=value ...] [--resume]
+    torchrun --nproc_per_node 4 -m mafs_core.train configs/mafs_t_stage2.yaml data.root=/data/msrs
+
+One config (dataclasses below, loaded from YAML, dotted overrides on the command line), one loop. The run
+directory holds `state.pt` (everything needed to resume bit-exactly: model, optimizer, scheduler, scaler,
+EMA, task weighter, RNG states, step; written atomically every `train.ckpt_every` steps), `losses.jsonl`
+(one line per step), tensorboard logs in `tb/`, and the exported `final.safetensors` / `best.safetensors`.
+Data order and augmentations are pure functions of (seed, epoch, index) and masks of (seed, rank, step), so a
+run killed with SIGKILL and resumed continues with exactly the losses it would have had (on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from mafs_core.balance import MaxMinFairnessWeighter
+from mafs_core.datasets import AugmentConfig, PairDataset, holdout_split, list_records
+from mafs_core.losses import channel_kd, fusion_loss, merge_labels, ohem_ce, pseudo_labels, rec_loss, rgb_to_y
+from mafs_core.masking import mask_pair
+
+STATE_FILE = "state.pt"
+LOSS_LOG = "losses.jsonl"
+
+
+# ------------------------------------------------------------------------------------------------- config
+@dataclass
+class SourceConfig:
+    root: str = ""  # relative to data.root (absolute paths are kept); "" = data.root itself
+    kind: str = "auto"  # paired | msrs | mfnet | fmb | pst900 | auto
+    split: str = "train"
+    holdout_every: int = 0  # every N-th pair (sorted by name) is held out for validation; 0 = none
+
+
+@dataclass
+class DataConfig:
+    root: str = "."  # base folder of all sources: `data.root=/elsewhere` moves every dataset at once
+    sources: list[SourceConfig] = field(default_factory=list)
+    val_sources: list[SourceConfig] = field(default_factory=list)  # default: the held-out part of `sources`
+    num_classes: int = 9
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    val_resize: list[int] | None = None  # [H, W] for validation images (default: augment.resize)
+    batch_size: int = 4  # per process
+    num_workers: int = 2
+    val_max: int = 16  # validation images per evaluation (first N of the val set)
+    val_metric_images: int = 4  # of those, how many get the (slow) full fusion metrics
+    thermal_norm_8bit: str = "minmax"  # must match the engine's default ThermalNormalizer mode
+    thermal_norm_16bit: str = "percentile"
+
+
+@dataclass
+class ModelConfig:
+    variant: str = "mafs_t"
+    overrides: dict[str, Any] = field(default_factory=dict)  # MAFSConfig field overrides
+
+
+@dataclass
+class MaskConfig:
+    cell: int = 16
+    keep_prob: float = 0.5
+
+
+@dataclass
+class LossConfig:
+    rec_grad_weight: float = 1.0  # Stage I: Sobel-gradient term
+    w_int: float = 1.0
+    w_grad: float = 2.0
+    w_ssim: float = 1.0
+    salient_weight: float = 2.0
+    target_classes: list[int] = field(default_factory=lambda: [1, 2])  # teacher classes forming the target mask
+    fusion_weight: float = 1.0  # static scale of each task before the dynamic weights
+    seg_weight: float = 0.5
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 4096  # per process batch
+    aux_weight: float = 0.4
+    kd_weight: float = 1.0
+    kd_tau: float = 4.0
+    pseudo_conf: float = 0.0  # teacher pseudo-labels below this confidence are ignored
+
+
+@dataclass
+class BalanceConfig:
+    enabled: bool = True
+    temperature: float = 0.1
+    w_min: float = 0.4
+    w_max: float | None = None
+    momentum: float = 0.9
+    loss_ema: float = 0.9
+    max_step: float = 0.02
+    warmup_updates: int = 20
+
+
+@dataclass
+class TeacherConfig:
+    path: str | None = None  # MFNet state_dict (.pth); used in the joint stage only
+    allow_pickle: bool = False  # explicit opt-in: .pth is a pickle container (loaded with weights_only=True)
+    kd: bool = True
+    pseudo_labels: bool = True
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 1.0  # 0 = off
+    schedule: str = "cosine"  # cosine | poly | constant
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.01
+    poly_power: float = 0.9
+
+
+@dataclass
+class RunConfig:
+    stage: str = "mae"  # mae | joint
+    steps: int = 1000
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    init_from: str | None = None  # Stage-I export (.safetensors) or a run dir / state.pt
+    out_dir: str = "runs/mafs"
+    ckpt_every: int = 200
+    val_every: int = 200
+    log_every: int = 10  # tensorboard scalars
+    image_every: int = 500  # tensorboard sample images
+    ema: float = 0.0  # EMA decay of the weights (0 = off); validation/export use the EMA weights
+    export: str | None = None  # copy the final model here (safetensors)
+    threads: int = 0  # torch CPU threads (0 = default)
+    progress: bool = True
+    debug_step_delay: float = 0.0  # seconds slept per step (tests use it to kill a run mid-way)
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: RunConfig = field(default_factory=RunConfig)
+
+
+def _from_dict(cls: type, d: dict | None, where: str = "") -> Any:
+    """Nested dataclass from a dict, rejecting unknown keys (typos should fail loudly)."""
+    d = dict(d or {})
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(hints)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {sorted(unknown)} in '{where or cls.__name__}'; "
+                         f"known: {sorted(hints)}")
+    kwargs = {}
+    for name, value in d.items():
+        default = getattr(cls(), name)
+        sub = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            kwargs[name] = _from_dict(type(default), value, sub)
+        elif name in ("sources", "val_sources"):
+            kwargs[name] = [s if isinstance(s, SourceConfig) else _from_dict(SourceConfig, s, sub) for s in value]
+        elif isinstance(value, (str, int)) and not isinstance(value, bool) and "float" in str(hints[name].type):
+            try:  # YAML 1.1 reads "1e-4" as a string
+                kwargs[name] = float(value)
+            except ValueError as exc:
+                raise ValueError(f"config key '{sub}' must be a number, got {value!r}") from exc
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise ValueError(f"override {key}: '{p}' is not a section")
+    d[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """YAML file + `a.b.c=value` overrides (values parsed as YAML, e.g. `optim.lr=1e-3 data.root=/data`)."""
+    raw: dict = {}
+    if path is not None:
+        text = Path(path).read_text()
+        raw = yaml.safe_load(text) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a training config must be a YAML mapping")
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override must look like key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        _set_dotted(raw, key, yaml.safe_load(value) if value else None)
+    cfg = _from_dict(TrainConfig, raw)
+    if cfg.train.stage not in ("mae", "joint"):
+        raise ValueError(f"train.stage must be 'mae' or 'joint', got {cfg.train.stage!r}")
+    if cfg.train.precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"train.precision must be fp32, bf16 or fp16, got {cfg.train.precision!r}")
+    if cfg.optim.schedule not in ("cosine", "poly", "constant"):
+        raise ValueError(f"optim.schedule must be cosine, poly or constant, got {cfg.optim.schedule!r}")
+    if not cfg.data.sources:
+        raise ValueError("data.sources is empty: give at least one {root: ..., kind: auto}")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------- data
+class ResumableSampler(Sampler[int]):
+    """DistributedSampler semantics (shuffle by seed+epoch, equal shards, drop the ragged tail) plus a start
+    offset so that a resumed run skips the batches it has already seen in the current epoch."""
+
+    def __init__(self, n: int, world: int, rank: int, batch_size: int, seed: int):
+        self.n, self.world, self.rank, self.bs, self.seed = n, world, rank, batch_size, seed
+        self.batches_per_epoch = n // (world * batch_size)
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"{n} training samples cannot fill one batch of {batch_size} on {world} process(es)")
+        self.epoch, self.start_batch = 0, 0
+
+    def set_position(self, epoch: int, start_batch: int) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def indices(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        per_rank = self.batches_per_epoch * self.bs
+        mine = order[self.rank: self.world * per_rank: self.world]
+        return mine[self.start_batch * self.bs:]
+
+    def __iter__(self):
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.bs
+
+
+def _records(base: str, sources: list[SourceConfig], subset: str) -> list:
+    recs = []
+    for s in sources:
+        recs += holdout_split(list_records(s.kind, Path(base) / s.root, s.split), s.holdout_every, subset)
+    return recs
+
+
+def build_datasets(cfg: TrainConfig) -> tuple[PairDataset, PairDataset | None]:
+    d = cfg.data
+    kw = {"num_classes": d.num_classes, "thermal_norm_8bit": d.thermal_norm_8bit,
+          "thermal_norm_16bit": d.thermal_norm_16bit}
+    train_ds = PairDataset(_records(d.root, d.sources, "train"), train=True, augment=d.augment, seed=cfg.train.seed,
+                           **kw)
+    if d.val_sources:
+        val_recs = _records(d.root, d.val_sources, "all")
+    else:
+        val_recs = _records(d.root, [s for s in d.sources if s.holdout_every > 0], "val") if any(
+            s.holdout_every > 0 for s in d.sources) else []
+    val_aug = AugmentConfig(resize=d.val_resize or d.augment.resize)
+    val_ds = PairDataset(val_recs[: d.val_max], train=False, augment=val_aug, **kw) if val_recs else None
+    return train_ds, val_ds
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _lr_lambda(cfg: OptimConfig, total: int):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * t)) if cfg.schedule == "cosine" else (1 - t) ** cfg.poly_power
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+    return f
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _rng_state(device: torch.device) -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # tensors and plain numbers only, so the state file loads with weights_only=True
+    st = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+          "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        st["cuda"] = torch.cuda.get_rng_state(device)
+    return st
+
+
+def _set_rng_state(st: dict, device: torch.device) -> None:
+    random.setstate(st["python"])
+    kind, keys, pos, has_gauss, gauss = st["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(st["torch"])
+    if device.type == "cuda" and "cuda" in st:
+        torch.cuda.set_rng_state(st["cuda"], device)
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return m.module if hasattr(m, "module") else m
+
+
+def _load_init(model: nn.Module, path: str) -> None:
+    """Initialise from a Stage-I export (.safetensors, strict) or a training state (run dir / state.pt)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / STATE_FILE
+    if p.suffix == ".safetensors":
+        from mafs_core.checkpoint import load_checkpoint
+
+        src, _ = load_checkpoint(p)
+        state = src.state_dict()
+    else:
+        st = torch.load(p, map_location="cpu", weights_only=True)
+        state = st["model"]
+        if st.get("ema"):  # prefer the EMA weights, which are what the run exported
+            state = {k.removeprefix("module."): v for k, v in st["ema"].items() if k.startswith("module.")}
+    model.load_state_dict(state, strict=True)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    out = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a line cut by a kill -9
+    return out
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x.detach().float().clamp(0, 1) * 255 + 0.5).byte().cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------------- loop
+@dataclass
+class StepOut:
+    loss: torch.Tensor
+    tasks: torch.Tensor  # unweighted per-task losses (for the fairness weighter)
+    parts: dict[str, float]
+    images: dict[str, torch.Tensor]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, command: str | None = None, resume: bool = False):
+        self.cfg, self.command = cfg, command
+        t = cfg.train
+        self.ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+        if t.device == "auto":
+            dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+        else:
+            dev = t.device
+        self.device = torch.device(dev)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if self.ddp and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+        self.rank = dist.get_rank() if self.ddp else 0
+        self.world = dist.get_world_size() if self.ddp else 1
+        self.main = self.rank == 0
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        random.seed(t.seed + self.rank)
+        np.random.seed(t.seed + self.rank)
+        torch.manual_seed(t.seed + self.rank)
+        self.out = Path(t.out_dir)
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+
+        from mafs_core.model import build_model
+
+        self.train_ds, self.val_ds = build_datasets(cfg)
+        self.sampler = ResumableSampler(len(self.train_ds), self.world, self.rank, cfg.data.batch_size, t.seed)
+        self.model = build_model(cfg.model.variant, num_classes=cfg.data.num_classes, **cfg.model.overrides)
+        if t.init_from:
+            _load_init(self.model, t.init_from)
+        self.model.to(self.device)
+        self.ema = None
+        if t.ema > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True)
+        self.net: nn.Module = self.model
+        if self.ddp:
+            # the other stage's heads get no gradient: find_unused_parameters
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        decay = [p for n, p in self.model.named_parameters() if p.ndim > 1]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim <= 1]
+        o = cfg.optim
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(o, t.steps))
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        b = cfg.balance
+        self.weighter = MaxMinFairnessWeighter(2, 2.0, b.temperature, b.w_min, b.w_max, b.momentum, b.loss_ema,
+                                               b.max_step, b.warmup_updates)
+        self.teacher = None
+        if t.stage == "joint" and cfg.teacher.path:
+            from mafs_core.teacher import load_mfnet_teacher
+
+            self.teacher = load_mfnet_teacher(cfg.teacher.path, allow_pickle=cfg.teacher.allow_pickle,
+                                              device=self.device)
+        self.step = 0
+        self.best = math.inf
+        self.history: list[dict] = []
+        if resume:
+            self._resume()
+        self.writer = None
+        if self.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tb"))
+
+    # -- state
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "weighter": self.weighter.state_dict(), "step": self.step, "best": self.best,
+                "rng": _rng_state(self.device), "world_size": self.world,
+                "config": dataclasses.asdict(self.cfg)}
+
+    def save_state(self) -> None:
+        if self.main:
+            _atomic_torch_save(self.state_dict(), self.out / STATE_FILE)
+
+    def _resume(self) -> None:
+        path = self.out / STATE_FILE
+        if not path.is_file():
+            if self.main:
+                print(f"[mafs train] --resume: no {path}, starting from scratch", flush=True)
+            return
+        st = torch.load(path, map_location="cpu", weights_only=True)  # tensors, numbers and strings only
+        if st.get("world_size", 1) != self.world:
+            raise RuntimeError(f"{path} was written by {st.get('world_size')} processes, now {self.world}: "
+                               "data order would differ; resume with the same number of processes")
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        if self.ema is not None and st["ema"] is not None:
+            self.ema.load_state_dict(st["ema"])
+        self.weighter.load_state_dict(st["weighter"])
+        self.step, self.best = st["step"], st["best"]
+        _set_rng_state(st["rng"], self.device)
+        if self.rank > 0:
+            # only rank 0's RNG streams are stored; the loop draws its randomness from per-step generators
+            # (masks) and (seed, epoch, index) (data), so other ranks just need a deterministic reseed
+            torch.manual_seed(self.cfg.train.seed * 7919 + self.rank * 104729 + self.step)
+        if self.main:
+            log = self.out / LOSS_LOG
+            kept = [r for r in _read_jsonl(log) if r.get("step", -1) < self.step]
+            tmp = log.with_name(log.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, log)
+            print(f"[mafs train] resumed from {path} at step {self.step}", flush=True)
+
+    # -- one step
+    def _mask_generator(self) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed((self.cfg.train.seed * 1_000_003 + self.rank) * 10_000_019 + self.step)
+        return g
+
+    def compute(self, batch: dict, train: bool = True) -> StepOut:
+        cfg, lc = self.cfg, self.cfg.loss
+        ir, vis = batch["ir"].to(self.device, non_blocking=True), batch["vis"].to(self.device, non_blocking=True)
+        w = self.weighter.weights.to(self.device, torch.float32)
+        if not cfg.balance.enabled:
+            w = torch.ones_like(w)
+        ac = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        net = self.net if train else self._eval_model()
+        if cfg.train.stage == "mae":
+            mir, mvis, _, _ = mask_pair(ir, vis, cfg.mask.cell, cfg.mask.keep_prob, self._mask_generator())
+            with ac:
+                out = net(mir, mvis, mode="mae")
+            l_ir = rec_loss(out["rec_ir"].float(), ir, lc.rec_grad_weight)
+            l_vis = rec_loss(out["rec_vis"].float(), vis, lc.rec_grad_weight)
+            tasks = torch.stack([l_ir, l_vis])
+            parts = {"rec_ir": float(l_ir.detach()), "rec_vis": float(l_vis.detach())}
+            images = {"masked_ir": mir, "masked_vis": mvis, "rec_ir": out["rec_ir"], "rec_vis": out["rec_vis"]}
+        else:
+            label = batch["label"].to(self.device, non_blocking=True)
+            t_logits = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    t_logits = self.teacher(ir, vis).float()
+            with ac:
+                out = net(ir, vis, mode="joint")
+            vis_y = rgb_to_y(vis)
+            tmask = t_logits.softmax(1)[:, lc.target_classes].sum(1, keepdim=True) if t_logits is not None else None
+            l_f, parts = fusion_loss(out["fused_y"].float(), ir, vis_y, tmask, lc.w_int, lc.w_grad, lc.w_ssim,
+                                     lc.salient_weight)
+            if t_logits is not None and cfg.teacher.pseudo_labels:
+                label = merge_labels(label, batch["has_label"], pseudo_labels(t_logits, lc.pseudo_conf))
+            logits = out["logits"].float()
+            l_ce = ohem_ce(logits, label, lc.ohem_thresh, lc.ohem_min_kept)
+            l_aux = sum((ohem_ce(a.float(), label, lc.ohem_thresh, lc.ohem_min_kept) for a in out["aux_logits"]),
+                        logits.new_zeros(()))
+            l_kd = channel_kd(logits, t_logits, lc.kd_tau) if t_logits is not None and cfg.teacher.kd \
+                else logits.new_zeros(())
+            l_s = l_ce + lc.aux_weight * l_aux + lc.kd_weight * l_kd
+            tasks = torch.stack([lc.fusion_weight * l_f, lc.seg_weight * l_s])
+            parts = {**parts, "fusion": float(l_f.detach()), "ce": float(l_ce.detach()),
+                     "aux": float(l_aux.detach()), "kd": float(l_kd.detach()), "seg": float(l_s.detach())}
+            images = {"ir": ir, "vis": vis, "vis_y": vis_y, "fused": out["fused"], "fused_y": out["fused_y"],
+                      "pred": out["logits"].argmax(1, keepdim=True)}
+            if t_logits is not None:
+                images["teacher_pred"] = t_logits.argmax(1, keepdim=True)
+        return StepOut((w * tasks).sum(), tasks.detach(), parts, images)
+
+    def _eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def train_step(self, batch: dict) -> dict:
+        self.net.train()
+        o = self.compute(batch)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(o.loss).backward()
+        gnorm = 0.0
+        if self.cfg.optim.grad_clip > 0:
+            self.scaler.unscale_(self.opt)
+            gnorm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip))
+        lr = self.sched.get_last_lr()[0]  # the rate this step used
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        tasks, loss = o.tasks.clone(), o.loss.detach().clone()
+        if self.ddp:  # every rank must see the same task losses, or the weights would drift apart
+            packed = torch.cat([tasks, loss[None]]).float()
+            dist.all_reduce(packed)
+            packed /= self.world
+            tasks, loss = packed[:2], packed[2]
+        weights_used = self.weighter.weights.tolist()
+        if self.cfg.balance.enabled:
+            self.weighter.update(tasks.tolist())
+        return {"loss": float(loss), "tasks": tasks.tolist(), "weights": weights_used, "grad_norm": gnorm,
+                "lr": lr, **o.parts, "_images": o.images}
+
+    # -- validation
+    @torch.no_grad()
+    def validate(self) -> dict:
+        from mafs_core.metrics import ConfusionMatrix, fusion_metrics
+
+        if self.val_ds is None:
+            return {}
+        model = self._eval_model()
+        model.eval()
+        sums: dict[str, float] = {}
+        n = 0
+        cm = ConfusionMatrix(self.cfg.data.num_classes)
+        agree = ConfusionMatrix(self.cfg.data.num_classes)
+        fm: dict[str, list[float]] = {}
+        for i in range(len(self.val_ds)):
+            s = self.val_ds[i]
+            batch = {k: (v[None] if torch.is_tensor(v) else [v]) for k, v in s.items()}
+            o = self.compute(batch, train=False)
+            for k, v in {"loss": float(o.tasks.sum()), **o.parts}.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            if self.cfg.train.stage == "joint":
+                pred = o.images["pred"][0, 0].cpu().numpy()
+                if bool(s["has_label"]):
+                    cm.update(pred, s["label"].numpy())
+                if "teacher_pred" in o.images:
+                    agree.update(pred, o.images["teacher_pred"][0, 0].cpu().numpy())
+                if i < self.cfg.data.val_metric_images:
+                    im = {k: _to_uint8(o.images[k][0, 0]) for k in ("ir", "vis_y", "fused_y")}
+                    for k, v in fusion_metrics(im["ir"], im["vis_y"], im["fused_y"]).items():
+                        fm.setdefault(k, []).append(float(v))
+        res = {f"val/{k}": v / max(n, 1) for k, v in sums.items()}
+        res.update({f"val/{k}": float(np.mean(v)) for k, v in fm.items()})
+        if cm.mat.sum():
+            res["val/miou"] = cm.miou()
+        if self.teacher is not None and self.cfg.train.stage == "joint":
+            res["val/teacher_agreement_miou"] = agree.miou()
+        return res
+
+    # -- export
+    def export(self, path: Path, extra: dict | None = None) -> None:
+        from mafs_core.checkpoint import save_checkpoint
+        from mafs_core.classes import MSRS_CLASSES, MSRS_PALETTE
+
+        nc = self.cfg.data.num_classes
+        meta: dict[str, Any] = {"variant": self.cfg.model.variant, "num_classes": nc,
+                                "thermal_norm": {"mode": self.cfg.data.thermal_norm_8bit}}
+        if nc == len(MSRS_CLASSES):
+            meta.update(class_names=list(MSRS_CLASSES), palette=[list(c) for c in MSRS_PALETTE])
+        meta["training"] = {"stage": self.cfg.train.stage, "steps": self.step, "world_size": self.world,
+                            "command": self.command, "config": dataclasses.asdict(self.cfg),
+                            "teacher": self.cfg.teacher.path if self.cfg.train.stage == "joint" else None,
+                            "ema": self.cfg.train.ema, **(extra or {})}
+        model = self._eval_model()
+        save_checkpoint(path, model, meta)
+
+    # -- main loop
+    def fit(self) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        bs = cfg.data.batch_size
+        spe = self.sampler.batches_per_epoch
+        log = (self.out / LOSS_LOG).open("a") if self.main else None
+        bar = None
+        if self.main and t.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=t.steps, initial=self.step, desc=f"mafs {t.stage}", dynamic_ncols=True)
+        last_val: dict = {}
+        t0 = time.time()
+        while self.step < t.steps:
+            epoch, start = divmod(self.step, spe)
+            self.sampler.set_position(epoch, start)
+            self.train_ds.set_epoch(epoch)
+            loader = DataLoader(self.train_ds, batch_size=bs, sampler=self.sampler, drop_last=True,
+                                num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+                                persistent_workers=False, generator=torch.Generator().manual_seed(t.seed + epoch))
+            for batch in loader:
+                if self.step >= t.steps:
+                    break
+                r = self.train_step(batch)
+                images = r.pop("_images")
+                self.step += 1
+                rec = {"step": self.step - 1, **{k: v for k, v in r.items()}}
+                if log is not None:
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{r['loss']:.4f}", w=",".join(f"{w:.2f}" for w in r["weights"]),
+                                    lr=f"{r['lr']:.1e}")
+                if self.writer is not None and (self.step % t.log_every == 0 or self.step == 1):
+                    for k, v in r.items():
+                        if isinstance(v, (int, float)):
+                            self.writer.add_scalar(f"train/{k}", v, self.step)
+                    names = ("ir", "vis") if t.stage == "mae" else ("fusion", "seg")
+                    for name, w, task in zip(names, r["weights"], r["tasks"]):
+                        self.writer.add_scalar(f"weights/{name}", w, self.step)
+                        self.writer.add_scalar(f"tasks/{name}", task, self.step)
+                if self.writer is not None and self.step % t.image_every == 0:
+                    for k, v in images.items():
+                        if v.dtype in (torch.float32, torch.float16, torch.bfloat16):
+                            self.writer.add_images(f"img/{k}", v[:2].detach().float().clamp(0, 1).cpu(), self.step)
+                if t.val_every and self.step % t.val_every == 0 and self.step < t.steps:
+                    last_val = self._validate_and_keep_best()
+                if t.ckpt_every and self.step % t.ckpt_every == 0:
+                    self.save_state()
+                if t.debug_step_delay:
+                    time.sleep(t.debug_step_delay)
+        if bar is not None:
+            bar.close()
+        last_val = self._validate_and_keep_best() or last_val
+        self.save_state()
+        summary = {"steps": self.step, "seconds": time.time() - t0, "val": last_val, "rank": self.rank,
+                   "world_size": self.world,
+                   "param_checksum": float(sum(p.detach().double().sum() for p in self.model.parameters()))}
+        if self.main:
+            self.export(self.out / "final.safetensors", {"val": last_val})
+            if t.export:
+                self.export(Path(t.export), {"val": last_val})
+        (self.out / f"summary_rank{self.rank}.json").write_text(json.dumps(summary, indent=1))
+        if log is not None:
+            log.close()
+        if self.writer is not None:
+            self.writer.close()
+        return summary
+
+    def _validate_and_keep_best(self) -> dict:
+        if not self.main or self.val_ds is None:
+            return {}
+        res = self.validate()
+        if self.writer is not None:
+            for k, v in res.items():
+                if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                    self.writer.add_scalar(k, v, self.step)
+        score = res.get("val/loss", math.inf)
+        if score < self.best:
+            self.best = score
+            self.export(self.out / "best.safetensors", {"val": res})
+        print(f"[mafs train] step {self.step} " + " ".join(f"{k}={v:.4f}" for k, v in res.items()
+                                                             if isinstance(v, float)), flush=True)
+        return res
+
+
+def train(cfg: TrainConfig, command: str | None = None, resume: bool = False) -> dict:
+    trainer = Trainer(cfg, command, resume)
+    try:
+        return trainer.fit()
+    finally:
+        if trainer.ddp and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="training YAML (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 data.root=/data/msrs")
+    p.add_argument("--resume", action="store_true", help="continue from train.out_dir/state.pt if present")
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides)
+        command = " ".join(shlex.quote(a) for a in sys.argv)
+        summary = train(cfg, command=command, resume=args.resume)
+    except (ValueError, FileNotFoundError, PermissionError) as exc:  # bad config or data: a message, not a trace
+        print(f"mafs train: error: {exc}", file=sys.stderr)
+        return 2
+    if summary.get("rank", 0) == 0:
+        print(json.dumps({k: v for k, v in summary.items() if k != "param_checksum"}, indent=1))
+    return 0
+
+
+def register(subparsers, registry: dict) -> None:
+    p = subparsers.add_parser("train", help="train MAFS (Stage I mae / Stage II joint) from a YAML config",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_args(p)
+    p.set_defaults(func=_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mafs_core.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_args(p)
+    return _run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

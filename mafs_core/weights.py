@@ -1,0 +1,40 @@
+"""Where the shipped weights live: the source tree or an installed ROS/pip prefix."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_WEIGHTS = "mafs_t.safetensors"
+PACKAGE = "mafs_ros"
+
+
+def weight_dirs() -> list[Path]:
+    """Candidate folders, most specific first: $MAFS_WEIGHTS_DIR, the source tree, install prefixes."""
+    dirs: list[Path] = []
+    if os.environ.get("MAFS_WEIGHTS_DIR"):
+        dirs.append(Path(os.environ["MAFS_WEIGHTS_DIR"]))
+    dirs.append(Path(__file__).resolve().parent.parent / "weights")  # checkout / editable install
+    # installed by setup.py data_files: <prefix>/share/mafs_ros/weights (colcon puts prefixes on
+    # AMENT_PREFIX_PATH; we read the variable rather than import ament_index_python to stay ROS-free)
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    prefixes += [sys.prefix, sys.base_prefix]
+    for p in prefixes:
+        d = Path(p) / "share" / PACKAGE / "weights"
+        if d not in dirs:
+            dirs.append(d)
+    return dirs
+
+
+def default_checkpoint(name: str = DEFAULT_WEIGHTS) -> Path:
+    """Path of the shipped checkpoint (`weights/mafs_t.safetensors`); FileNotFoundError says where it looked."""
+    dirs = weight_dirs()
+    for d in dirs:
+        if (d / name).is_file():
+            return d / name
+    looked = "\n  ".join(str(d) for d in dirs)
+    raise FileNotFoundError(
+        f"default weights {name} not found. Looked in:\n  {looked}\n"
+        "Train them with `mafs train`, pass --checkpoint PATH, set MAFS_WEIGHTS_DIR, "
+        "or use --random-init for a smoke run without weights.")

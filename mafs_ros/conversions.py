@@ -1,0 +1,111 @@
+"""sensor_msgs/Image <-> numpy.
+
+cv_bridge is used when importable (a ROS install); otherwise, and for the rows cv_bridge gets
+wrong (a ``step`` that is not a multiple of the pixel size, e.g. mono16 rows padded to an odd
+byte count), the few lines below do the same job: they honour ``step`` and ``is_bigendian``.
+
+Validation (``check_image``) is O(1) and runs in the subscription callback, so a malformed
+message is counted and dropped before it can take a pairing slot.
+"""
+
+from __future__ import annotations
+
+import array
+import sys
+
+import cv2
+import numpy as np
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+try:  # a ROS distribution; absent on a pip install
+    from cv_bridge import CvBridge
+
+    _BRIDGE: CvBridge | None = CvBridge()
+except ImportError:
+    _BRIDGE = None
+
+# encoding -> (numpy dtype, channels)
+ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+    "mono8": (np.dtype(np.uint8), 1),
+    "8UC1": (np.dtype(np.uint8), 1),
+    "mono16": (np.dtype(np.uint16), 1),
+    "16UC1": (np.dtype(np.uint16), 1),
+    "32FC1": (np.dtype(np.float32), 1),
+    "64FC1": (np.dtype(np.float64), 1),
+    "rgb8": (np.dtype(np.uint8), 3),
+    "bgr8": (np.dtype(np.uint8), 3),
+}
+THERMAL_ENCODINGS = ("mono8", "8UC1", "mono16", "16UC1", "32FC1", "64FC1", "rgb8", "bgr8")
+RGB_ENCODINGS = ("bgr8", "rgb8", "mono8")
+BACKENDS = ("cv_bridge", "numpy") if _BRIDGE is not None else ("numpy",)
+
+
+class ImageError(ValueError):
+    """A message that cannot be an image of its declared encoding (bad input, not a bug)."""
+
+
+def check_image(msg: Image, allowed: tuple[str, ...]) -> None:
+    """Raise ImageError unless ``msg`` is a well-formed image in one of ``allowed`` encodings."""
+    if msg.encoding not in allowed:
+        raise ImageError(f"encoding '{msg.encoding}' not supported here (use one of {', '.join(allowed)})")
+    dtype, channels = ENCODINGS[msg.encoding]
+    if msg.height == 0 or msg.width == 0:
+        raise ImageError(f"empty image ({msg.width}x{msg.height})")
+    row = msg.width * channels * dtype.itemsize
+    if msg.step < row:
+        raise ImageError(f"step {msg.step} < width x pixel size = {row}")
+    if len(msg.data) != msg.height * msg.step:
+        raise ImageError(f"data has {len(msg.data)} bytes, height x step = {msg.height * msg.step}")
+
+
+def image_to_numpy(msg: Image, backend: str = BACKENDS[0]) -> np.ndarray:
+    """HxW or HxWxC array in native byte order; a view of ``msg.data`` when rows are unpadded."""
+    dtype, channels = ENCODINGS[msg.encoding]
+    if backend == "cv_bridge" and _BRIDGE is not None and msg.step % dtype.itemsize == 0:
+        return np.asarray(_BRIDGE.imgmsg_to_cv2(msg))
+    row = msg.width * channels * dtype.itemsize
+    raw = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)
+    if msg.step != row:
+        raw = np.ascontiguousarray(raw[:, :row])  # drop row padding; any step is valid
+    arr = raw.view(dtype.newbyteorder(">" if msg.is_bigendian else "<"))
+    if arr.dtype.byteorder not in ("=", "|", "<" if sys.byteorder == "little" else ">"):
+        arr = arr.astype(dtype)
+    return arr.reshape(msg.height, msg.width, channels) if channels > 1 else arr.reshape(msg.height, msg.width)
+
+
+def thermal_to_numpy(msg: Image, backend: str = BACKENDS[0]) -> tuple[np.ndarray, int]:
+    """Thermal message -> HxW grey (uint8/uint16/float32) and the number of non-finite pixels replaced.
+
+    False-colour rgb8/bgr8 becomes luminance. NaN/inf (radiometric cameras mark invalid pixels so)
+    become the coldest finite value; an image with no finite pixel raises ImageError.
+    """
+    img = image_to_numpy(msg, backend)
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY if msg.encoding == "rgb8" else cv2.COLOR_BGR2GRAY)
+    if img.dtype.kind != "f":
+        return img, 0
+    img = img.astype(np.float32, copy=False)
+    bad = ~np.isfinite(img)
+    n_bad = int(bad.sum())
+    if n_bad:
+        if n_bad == img.size:
+            raise ImageError("thermal image has no finite pixel")
+        img = img.copy() if not img.flags.writeable else img
+        img[bad] = img[~bad].min()
+    return img, n_bad
+
+
+def rgb_to_numpy(msg: Image, backend: str = BACKENDS[0]) -> tuple[np.ndarray, str]:
+    """RGB camera message -> (array, encoding for the engine: bgr8/rgb8/mono8)."""
+    return image_to_numpy(msg, backend), msg.encoding
+
+
+def numpy_to_image(arr: np.ndarray, encoding: str, header: Header) -> Image:
+    """Wrap a C-contiguous array as an Image with ``header`` (shared, not copied: it is never mutated)."""
+    arr = np.ascontiguousarray(arr)
+    data = array.array("B")
+    data.frombytes(arr.data)  # one memcpy; assigning bytes would make rclpy type-check every byte
+    height, width = arr.shape[:2]
+    return Image(header=header, height=height, width=width, encoding=encoding, is_bigendian=sys.byteorder == "big",
+                 step=arr.strides[0], data=data)

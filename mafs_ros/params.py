@@ -1,0 +1,199 @@
+"""Node parameters: one table (name, default, range/choices, description), declared with descriptors.
+
+A bad value in a params file must not kill the process: it is recorded, the default is declared
+instead, and the configure transition fails with a message naming the parameter (the node stays
+up, unconfigured). At runtime rclpy itself rejects out-of-range values (descriptor ranges), and
+``check_update`` rejects bad choices. Parameters marked ``live`` apply at once; the others at the
+next configure (they decide the model, the device or the topics' QoS).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    default: Any
+    description: str
+    range: tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None
+    live: bool = False  # applied without reconfiguring
+    read_only: bool = False
+
+
+IDENTITY = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+
+SPECS: tuple[Spec, ...] = (
+    Spec("autostart", True, "configure and activate at start (false: wait for lifecycle transitions)", read_only=True),
+    Spec("model.checkpoint", "", "checkpoint file: .safetensors (PyTorch) or .onnx (onnxruntime); empty = the "
+         "shipped weights/mafs_t.safetensors"),
+    Spec("model.device", "auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N"),
+    Spec("model.precision", "auto", "auto (fp16 on cuda, fp32 on cpu), fp32, fp16 or bf16",
+         choices=("auto", "fp32", "fp16", "bf16")),
+    Spec("model.input_width", 0, "network input width in pixels; 0 = the RGB image's width", range=(0, 8192)),
+    Spec("model.input_height", 0, "network input height in pixels; 0 = the RGB image's height", range=(0, 8192)),
+    Spec("model.warmup_iterations", 2, "dummy inferences at activation, at the input size or 640x480 (keeps "
+         "first-call latency off the live path)", range=(0, 100)),
+    Spec("thermal.normalization", "checkpoint", "thermal to [0,1]: checkpoint (what the model was trained with), "
+         "minmax (per frame), percentile (robust, smoothed) or fixed (a radiometric range); the thermal.* "
+         "values below apply unless this is checkpoint", choices=("checkpoint", "minmax", "percentile", "fixed")),
+    Spec("thermal.low_percentile", 1.0, "percentile mode: lower bound (%)", range=(0.0, 100.0)),
+    Spec("thermal.high_percentile", 99.0, "percentile mode: upper bound (%)", range=(0.0, 100.0)),
+    Spec("thermal.smoothing", 0.9, "percentile mode: weight of the previous bounds (0 = none)", range=(0.0, 0.999)),
+    Spec("thermal.fixed_low", 0.0, "fixed mode: value mapped to 0 (raw units, e.g. counts or K); "
+         "fixed_low = fixed_high = 0 uses the dtype's full range", range=(-1e9, 1e9)),
+    Spec("thermal.fixed_high", 0.0, "fixed mode: value mapped to 1", range=(-1e9, 1e9)),
+    Spec("registration.homography", IDENTITY, "3x3 row-major homography mapping thermal pixels to RGB pixels "
+         "(after scaling thermal to the RGB size); identity = cameras already aligned"),
+    Spec("overlay.alpha", 0.5, "weight of the class colours in segmentation/overlay", range=(0.0, 1.0)),
+    Spec("sync.backend", "auto", "pairing: auto (message_filters if importable, else builtin), message_filters, "
+         "builtin", choices=("auto", "message_filters", "builtin"), live=True),
+    Spec("sync.queue_size", 10, "messages kept per stream while waiting for a partner", range=(1, 1000), live=True),
+    Spec("sync.slop", 0.05, "largest stamp difference (s) of a pair", range=(1e-6, 60.0), live=True),
+    Spec("sync.thermal_time_offset", 0.0, "seconds added to thermal stamps before pairing (fixed clock offset)",
+         range=(-60.0, 60.0), live=True),
+    Spec("max_pair_age", 1.0, "drop a pair older than this (s, node clock minus stamp) when the worker takes it; "
+         "0 = never", range=(0.0, 3600.0), live=True),
+    Spec("qos.input_reliability", "best_effort", "input subscriptions (REP-2003 sensor data: best_effort)",
+         choices=("best_effort", "reliable")),
+    Spec("qos.input_depth", 5, "input subscription queue depth", range=(1, 1000)),
+    Spec("qos.output_reliability", "reliable", "output publishers", choices=("best_effort", "reliable")),
+    Spec("qos.output_depth", 5, "output publisher queue depth", range=(1, 1000)),
+    Spec("diagnostics.period", 1.0, "seconds between /diagnostics messages", range=(0.05, 60.0)),
+    Spec("diagnostics.silent_timeout", 2.0, "a stream with no message for this long (s) while the other flows "
+         "is reported silent", range=(0.1, 3600.0), live=True),
+    Spec("diagnostics.warn_period", 5.0, "minimum seconds between two identical warnings", range=(0.0, 3600.0),
+         live=True),
+)
+SPEC = {s.name: s for s in SPECS}
+
+
+@dataclass
+class NodeParams:
+    """The parameters as typed Python values (names with '.' -> '_')."""
+
+    autostart: bool
+    model_checkpoint: str
+    model_device: str
+    model_precision: str
+    model_input_width: int
+    model_input_height: int
+    model_warmup_iterations: int
+    thermal_normalization: str
+    thermal_low_percentile: float
+    thermal_high_percentile: float
+    thermal_smoothing: float
+    thermal_fixed_low: float
+    thermal_fixed_high: float
+    registration_homography: list[float]
+    overlay_alpha: float
+    sync_backend: str
+    sync_queue_size: int
+    sync_slop: float
+    sync_thermal_time_offset: float
+    max_pair_age: float
+    qos_input_reliability: str
+    qos_input_depth: int
+    qos_output_reliability: str
+    qos_output_depth: int
+    diagnostics_period: float
+    diagnostics_silent_timeout: float
+    diagnostics_warn_period: float
+
+    @classmethod
+    def from_node(cls, node: Node) -> NodeParams:
+        values = {s.name.replace(".", "_"): node.get_parameter(s.name).value for s in SPECS}
+        values["registration_homography"] = list(values["registration_homography"])
+        return cls(**values)
+
+
+assert [f.name for f in fields(NodeParams)] == [s.name.replace(".", "_") for s in SPECS]
+
+
+def descriptor(spec: Spec) -> ParameterDescriptor:
+    text = spec.description + (f" (one of: {', '.join(spec.choices)})" if spec.choices else "")
+    desc = ParameterDescriptor(name=spec.name, description=text, read_only=spec.read_only,
+                               additional_constraints=f"one of {list(spec.choices)}" if spec.choices else "")
+    if spec.range is not None:
+        lo, hi = spec.range
+        if isinstance(spec.default, bool):
+            pass
+        elif isinstance(spec.default, int):
+            desc.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+        else:
+            desc.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    return desc
+
+
+def declare(node: Node) -> dict[str, str]:
+    """Declare every parameter; return {name: message} for overrides rejected (their defaults are used instead)."""
+    errors: dict[str, str] = {}
+    overrides: dict[str, Parameter] = getattr(node, "_parameter_overrides", {})
+    for spec in SPECS:
+        desc = descriptor(spec)
+        try:
+            node.declare_parameter(spec.name, spec.default, desc)
+            continue
+        except (InvalidParameterValueException, InvalidParameterTypeException) as exc:
+            given = overrides[spec.name].value if spec.name in overrides else None
+            reason = str(exc).split(":")[0] if isinstance(exc, InvalidParameterTypeException) else str(exc)
+        # YAML writes 1 for 1.0: accept an integer where a double is expected (and in range).
+        if isinstance(spec.default, float) and type(given) is int and _in_range(spec, float(given)):
+            node.declare_parameter(spec.name, float(given), desc, ignore_override=True)
+            continue
+        errors[spec.name] = f"parameter '{spec.name}' = {given!r} rejected: {_why(spec, given, reason)}"
+        node.declare_parameter(spec.name, spec.default, desc, ignore_override=True)
+    return errors
+
+
+def _in_range(spec: Spec, value: float) -> bool:
+    return spec.range is None or spec.range[0] <= value <= spec.range[1]
+
+
+def _why(spec: Spec, given: Any, reason: str) -> str:
+    if spec.range is not None and isinstance(given, int | float) and not isinstance(given, bool):
+        return f"must be in [{spec.range[0]}, {spec.range[1]}]"
+    if type(given) is not type(spec.default):
+        return f"must be a {type(spec.default).__name__}, got a {type(given).__name__}"
+    return reason
+
+
+def check_value(name: str, value: Any) -> str | None:
+    """The reason ``value`` is not acceptable for ``name`` (beyond type and range, which rclpy checks)."""
+    spec = SPEC.get(name)
+    if spec is None:
+        return None
+    if spec.choices and value not in spec.choices:
+        return f"parameter '{name}' = {value!r} rejected: must be one of {', '.join(spec.choices)}"
+    if name == "registration.homography":
+        if len(value) != 9 or not all(math.isfinite(v) for v in value):
+            return f"parameter '{name}' rejected: needs 9 finite numbers (row-major 3x3), got {list(value)}"
+    if name == "model.device" and not (value in ("auto", "cpu", "cuda") or value.startswith("cuda:")):
+        return f"parameter '{name}' = {value!r} rejected: must be auto, cpu, cuda or cuda:N"
+    return None
+
+
+def validate(p: NodeParams) -> list[str]:
+    """Cross-parameter checks run at configure; each message names the parameter(s)."""
+    errors = [e for s in SPECS if (e := check_value(s.name, getattr(p, s.name.replace(".", "_")))) is not None]
+    if p.thermal_low_percentile >= p.thermal_high_percentile:
+        errors.append(f"parameters 'thermal.low_percentile' ({p.thermal_low_percentile}) must be below "
+                      f"'thermal.high_percentile' ({p.thermal_high_percentile})")
+    if p.thermal_normalization == "fixed" and p.thermal_fixed_high < p.thermal_fixed_low:
+        errors.append(f"parameters 'thermal.fixed_low' ({p.thermal_fixed_low}) must be below "
+                      f"'thermal.fixed_high' ({p.thermal_fixed_high})")
+    if (p.model_input_width == 0) != (p.model_input_height == 0):
+        errors.append("parameters 'model.input_width' and 'model.input_height' must both be 0 or both be set")
+    if p.model_checkpoint and not Path(p.model_checkpoint).expanduser().is_file():
+        errors.append(f"parameter 'model.checkpoint': file not found: {p.model_checkpoint}")
+    return errors
