@@ -31,8 +31,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_engine.py
-	$(PY) benchmarks/bench_node.py
+	$(PY) benchmarks/model_stats.py
+	$(PY) benchmarks/bench_engine.py --device cpu --variants mafs_t mafs_s
+	$(PY) benchmarks/bench_node.py --checkpoint weights/mafs_t.safetensors
+	$(PY) benchmarks/bench_bag_eval.py
 
 clean:
 	rm -rf $(VENV) build demo_out runs .pytest_cache

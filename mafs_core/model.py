@@ -234,6 +234,11 @@ class MAFS(nn.Module):
         for m in self.modules():
             if isinstance(m, PHF):
                 m.init_identity()
+        # Class heads start near a uniform prediction: kaiming fan_out on a 1x1 head gave logits with CE ~20
+        # and gradient norms ~300 in the first steps, which also misled the task balancing (docs/training.md).
+        heads = [self.seg.head, *(self.seg.aux or [])]
+        for head in heads:
+            nn.init.normal_(head.weight, std=0.01)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

@@ -6,6 +6,7 @@ rest on the GPU. NumPy inputs are accepted too (converted, processed, returned a
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +33,13 @@ def to_tensor(img: np.ndarray | torch.Tensor, device: torch.device | str = "cpu"
         img = img.view(np.uint16)
     elif img.dtype not in (np.uint8, np.uint16, np.float32, np.float16):
         raise TypeError(f"unsupported image dtype {img.dtype} (use uint8, uint16 or float32)")
-    return torch.from_numpy(np.ascontiguousarray(img)).to(device, non_blocking=True)
+    img = np.ascontiguousarray(img)
+    if not img.flags.writeable:
+        # ROS message buffers are read-only; we only ever read the upload, so share it instead of copying.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(img).to(device, non_blocking=True)
+    return torch.from_numpy(img).to(device, non_blocking=True)
 
 
 def _dtype_range(dtype: torch.dtype) -> tuple[float, float]:

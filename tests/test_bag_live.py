@@ -7,6 +7,8 @@ Runs the demo pipeline (mafs_ros.demo) on small generated frames with a fixed-se
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +44,18 @@ def test_live_outputs_equal_offline(tmp_path: Path) -> None:
                                                                              OUTPUT_TOPICS["fused"])}
     assert len(live[OUTPUT_TOPICS["mask"]]) == 6, "every pair answered (flow-controlled playback)"
 
+    # CPU convolutions sum in an order that depends on the thread count: run offline with the node process's
+    # (a fresh interpreter's default), whatever other tests in this worker set.
+    node_threads = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                                      capture_output=True, text=True, check=True).stdout)
     offline_opts = EvalOptions(checkpoint=str(ckpt), device="cpu", write_bag=True, metrics=["EN"], progress=False)
-    rep = evaluate_bag(out / "input_bag", tmp_path / "offline",
-                       pairing=PairingOptions(thermal_offset=-THERMAL_OFFSET_S), opts=offline_opts)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(node_threads)
+    try:
+        rep = evaluate_bag(out / "input_bag", tmp_path / "offline",
+                           pairing=PairingOptions(thermal_offset=-THERMAL_OFFSET_S), opts=offline_opts)
+    finally:
+        torch.set_num_threads(threads)
     assert rep["num_images"] == 6
     with BagReader(tmp_path / "offline" / "output_bag") as r:
         offline = {t: {f.stamp_ns: f.image for f in r.frames([t])} for t in live}
