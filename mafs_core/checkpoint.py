@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mafs_core.classes import default_class_names, default_palette
+from mafs_core.io import jsonable
 
 FORMAT = "mafs-checkpoint"
 FORMAT_VERSION = 1
@@ -43,20 +44,6 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (np.generic,)):
-        return x.item()
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
 def build_metadata(model: nn.Module, metadata: dict | None = None) -> dict:
     """Complete a (possibly partial) metadata dict from the model's config."""
     meta = dict(metadata or {})
@@ -73,7 +60,7 @@ def build_metadata(model: nn.Module, metadata: dict | None = None) -> dict:
     if len(class_names) != num_classes or palette.shape != (num_classes, 3):
         raise ValueError(f"class_names ({len(class_names)}) and palette {palette.shape} must match "
                          f"num_classes={num_classes}")
-    return _jsonable({
+    return jsonable({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "variant": variant,

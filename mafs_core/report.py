@@ -16,6 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from mafs_core.io import jsonable
 from mafs_core.metrics import FUSION_METRICS
 
 
@@ -29,25 +30,8 @@ class Sample:
     overlay_bgr: np.ndarray
 
 
-def _jsonable(x: Any) -> Any:
-    """JSON has no nan/inf and no numpy types: map them to null / Python scalars."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
 def write_json(path: str | Path, report: dict) -> None:
-    Path(path).write_text(json.dumps(_jsonable(report), indent=2) + "\n")
+    Path(path).write_text(json.dumps(jsonable(report), indent=2) + "\n")
 
 
 def _fmt(v: Any, digits: int = 4) -> str:

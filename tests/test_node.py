@@ -9,7 +9,7 @@ import array
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from ros_helpers import make_image, wait_for  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
@@ -53,21 +54,6 @@ def ros_context() -> Iterator[None]:
     rclpy.init()
     yield
     rclpy.shutdown()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
-def image(arr: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> Image:
-    msg = Image(height=arr.shape[0], width=arr.shape[1], encoding=encoding, step=arr.strides[0],
-                data=array.array("B", arr.tobytes()))
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-    msg.header.frame_id = frame_id
-    return msg
 
 
 class Harness:
@@ -109,8 +95,8 @@ class Harness:
         stamp = self.probe.get_clock().now().nanoseconds
         th = rng.integers(0, 65535, (H, W), dtype=np.uint16)
         rgb = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
-        self.thermal_pub.publish(image(th, "mono16", stamp + round(thermal_dt * 1e9), f"thermal_{k}"))
-        self.rgb_pub.publish(image(rgb, rgb_encoding, stamp, f"rgb_{k}"))
+        self.thermal_pub.publish(make_image(th, "mono16", stamp + round(thermal_dt * 1e9), f"thermal_{k}"))
+        self.rgb_pub.publish(make_image(rgb, rgb_encoding, stamp, f"rgb_{k}"))
         return stamp
 
     def last_diag(self, timeout: float = 5.0) -> dict:
@@ -212,7 +198,7 @@ def test_silent_stream_is_named_in_diagnostics() -> None:
         rgb = np.zeros((H, W, 3), np.uint8)
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
-            h.rgb_pub.publish(image(rgb, "bgr8", h.probe.get_clock().now().nanoseconds, "rgb"))
+            h.rgb_pub.publish(make_image(rgb, "bgr8", h.probe.get_clock().now().nanoseconds, "rgb"))
             time.sleep(0.05)
         d = h.last_diag()
         assert "no message on /t_silent/thermal/image" in d["message"] and "/t_silent/rgb/image flows" in d["message"]
@@ -229,7 +215,7 @@ def test_malformed_messages_are_counted_and_the_node_carries_on() -> None:
         bad: list[tuple[str, Image]] = []
         for i in range(500):
             stamp = h.probe.get_clock().now().nanoseconds
-            m = image(good, "bgr8", stamp, "bad")
+            m = make_image(good, "bgr8", stamp, "bad")
             kind = i % 5
             if kind == 0:
                 m.encoding = "yuv422"
@@ -253,8 +239,8 @@ def test_malformed_messages_are_counted_and_the_node_carries_on() -> None:
         stamp = h.probe.get_clock().now().nanoseconds
         nan_th = np.full((H, W), 300.0, np.float32)
         nan_th[:4] = np.nan
-        h.thermal_pub.publish(image(nan_th, "32FC1", stamp, "nan"))
-        h.rgb_pub.publish(image(good, "bgr8", stamp, "after_nan"))
+        h.thermal_pub.publish(make_image(nan_th, "32FC1", stamp, "nan"))
+        h.rgb_pub.publish(make_image(good, "bgr8", stamp, "after_nan"))
         wait_for(lambda: h.got["fused/image"], 30, "output after bad input")
         h.send_pair(1)
         wait_for(lambda: len(h.got["fused/image"]) == 2, 30, "second good output")

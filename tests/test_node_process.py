@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import array
 import multiprocessing as mp
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from ros_helpers import make_image, wait_for  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from mafs_ros.diagnostics import to_dict  # noqa: E402
@@ -96,21 +96,6 @@ def node_process(args: list[str], slow: bool = False) -> Iterator[mp.Process]:
         if proc.is_alive():
             proc.kill()
             proc.join(5)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-def make_image(arr: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> Image:
-    msg = Image(height=arr.shape[0], width=arr.shape[1], encoding=encoding, step=arr.strides[0],
-                data=array.array("B", arr.tobytes()))
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-    msg.header.frame_id = frame_id
-    return msg
 
 
 def rss_mb(pid: int) -> float:
