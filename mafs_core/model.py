@@ -58,6 +58,11 @@ class MAFSConfig:
     aux_heads: bool = True  # auxiliary seg heads at 1/16 and 1/8 (training only)
     pad_multiple: int = 32
     pad_mode: str = "replicate"  # "replicate" works for any size; "reflect" needs pad < image size
+    # Fusion output: "blend" = per-pixel convex weight of IR and visible luminance + a bounded residual
+    # (source detail reaches the output at full resolution, so it cannot blur; pixel-max and mean fusion are
+    # special cases); "direct" = sigmoid luminance (the first checkpoints, which do not store this field).
+    fusion_head: str = "direct"
+    blend_residual: float = 0.25
 
     def __post_init__(self) -> None:
         # JSON/YAML round-trips give lists: normalise to tuples so configs compare and hash.
@@ -96,13 +101,13 @@ class MAFSConfig:
 VARIANTS: dict[str, MAFSConfig] = {
     # real-time on an embedded GPU, usable on a CPU
     "mafs_t": MAFSConfig(variant="mafs_t", sfe_channels=(8, 16), widths=(16, 32, 64, 128), depths=(1, 1, 2, 1),
-                         dec_dim=64, dec_attn=(True, True, False), phf_hidden=16, mae_dim=24),
+                         dec_dim=64, dec_attn=(True, True, False), phf_hidden=16, mae_dim=24, fusion_head="blend"),
     # default: ~5x the capacity of mafs_t, still well inside the CPU (<= 600 ms) and GPU (<= 4 ms fp16) budgets
-    "mafs_s": MAFSConfig(variant="mafs_s"),  # the dataclass defaults
+    "mafs_s": MAFSConfig(variant="mafs_s", fusion_head="blend"),  # otherwise the dataclass defaults
     # closest to the paper's capacity (GPU)
     "mafs_b": MAFSConfig(variant="mafs_b", sfe_channels=(24, 48), widths=(64, 128, 256, 512), depths=(2, 2, 8, 2),
                          expand=3.0, cam_attn=(False, True, True, True), cam_pool=(1, 4, 2, 1), dec_dim=256,
-                         phf_hidden=64, mae_dim=64),
+                         phf_hidden=64, mae_dim=64, fusion_head="blend"),
 }
 
 
@@ -175,14 +180,22 @@ class FusionDecoder(nn.Module):
         self.up = nn.Conv2d(c1, c0, 1)  # applied at 1/2 before upsampling (commutes, 4x cheaper)
         self.phf0 = PHF(c0, c1, cfg.phf_hidden)
         self.refine0 = ConvBNAct(c0, c0, 3)
-        self.out = nn.Conv2d(c0, 1, 3, padding=1)
+        if cfg.fusion_head not in ("blend", "direct"):
+            raise ValueError(f"fusion_head must be 'blend' or 'direct', got {cfg.fusion_head!r}")
+        self.blend = cfg.fusion_head == "blend"
+        self.residual = cfg.blend_residual
+        self.out = nn.Conv2d(c0, 2 if self.blend else 1, 3, padding=1)
 
     def forward(self, ir0: torch.Tensor, vis0: torch.Tensor, ir1: torch.Tensor, vis1: torch.Tensor,
-                sem: torch.Tensor) -> torch.Tensor:
+                sem: torch.Tensor, ir: torch.Tensor, vis_y: torch.Tensor) -> torch.Tensor:
         h1 = self.refine1(self.phf1(self.afm1(ir1, vis1), sem))  # 1/2: semantics from the seg decoder (1/4)
         h0 = self.afm0(ir0, vis0) + upsample_like(self.up(h1), ir0)
         h0 = self.refine0(self.phf0(h0, h1))  # full res: modulated by the semantically fused 1/2 features
-        return torch.sigmoid(self.out(h0))
+        o = self.out(h0)
+        if not self.blend:
+            return torch.sigmoid(o)
+        a = torch.sigmoid(o[:, :1])  # per-pixel share of the thermal luminance
+        return (a * ir + (1 - a) * vis_y + self.residual * torch.tanh(o[:, 1:])).clamp(0.0, 1.0)
 
 
 class ReconDecoder(nn.Module):
@@ -237,6 +250,8 @@ class MAFS(nn.Module):
         # Class heads start near a uniform prediction: kaiming fan_out on a 1x1 head gave logits with CE ~20
         # and gradient norms ~300 in the first steps, which also misled the task balancing (docs/training.md).
         heads = [self.seg.head, *(self.seg.aux or [])]
+        if self.fusion.blend:  # start at mean fusion with no residual
+            heads.append(self.fusion.out)
         for head in heads:
             nn.init.normal_(head.weight, std=0.01)
 
@@ -276,7 +291,7 @@ class MAFS(nn.Module):
             return {"rec_ir": self.rec_ir(e["ir1"], e["ir"])[..., :h, :w],
                     "rec_vis": self.rec_vis(e["vis1"], e["vis"])[..., :h, :w]}
         sem, logits, aux = self.seg(e["fused"], with_aux=self.training)
-        y = self.fusion(e["ir0"], e["vis0"], e["ir1"], e["vis1"], sem)[..., :h, :w]
+        y = self.fusion(e["ir0"], e["vis0"], e["ir1"], e["vis1"], sem, ir_p, kornia.color.rgb_to_y(vis_p))[..., :h, :w]
         size = (h + (-h) % self.config.pad_multiple, w + (-w) % self.config.pad_multiple)
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[..., :h, :w]
         aux_logits = [F.interpolate(a, size=size, mode="bilinear", align_corners=False)[..., :h, :w] for a in aux]

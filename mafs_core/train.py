@@ -137,6 +137,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16
     init_from: str | None = None  # Stage-I export (.safetensors) or a run dir / state.pt
+    init_strict: bool = True  # False: skip tensors whose name or shape differ (e.g. a changed head), and say which
     out_dir: str = "runs/mafs"
     ckpt_every: int = 200
     val_every: int = 200
@@ -364,8 +365,8 @@ def _unwrap(m: nn.Module) -> nn.Module:
     return m.module if hasattr(m, "module") else m
 
 
-def _load_init(model: nn.Module, path: str) -> None:
-    """Initialise from a Stage-I export (.safetensors, strict) or a training state (run dir / state.pt)."""
+def _load_init(model: nn.Module, path: str, strict: bool = True) -> None:
+    """Initialise from an export (.safetensors) or a training state (run dir / state.pt); strict by default."""
     p = Path(path)
     if p.is_dir():
         p = p / STATE_FILE
@@ -379,6 +380,15 @@ def _load_init(model: nn.Module, path: str) -> None:
         state = st["model"]
         if st.get("ema"):  # prefer the EMA weights, which are what the run exported
             state = {k.removeprefix("module."): v for k, v in st["ema"].items() if k.startswith("module.")}
+    if not strict:
+        own = model.state_dict()
+        skipped = sorted(k for k, v in state.items() if k not in own or own[k].shape != v.shape)
+        state = {k: v for k, v in state.items() if k not in skipped}
+        fresh = sorted(set(own) - set(state))
+        print(f"[mafs train] partial init from {path}: skipped {skipped or 'nothing'}; freshly initialised "
+              f"{fresh or 'nothing'}")
+        own.update(state)
+        state = own
     model.load_state_dict(state, strict=True)
 
 
@@ -438,7 +448,7 @@ class Trainer:
         self.sampler = ResumableSampler(len(self.train_ds), self.world, self.rank, cfg.data.batch_size, t.seed)
         self.model = build_model(cfg.model.variant, num_classes=cfg.data.num_classes, **cfg.model.overrides)
         if t.init_from:
-            _load_init(self.model, t.init_from)
+            _load_init(self.model, t.init_from, strict=t.init_strict)
         self.model.to(self.device)
         self.ema = None
         if t.ema > 0:

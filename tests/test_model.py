@@ -216,3 +216,26 @@ def test_blocks_match_their_reference_formulas():
         up = lambda t: torch.nn.functional.interpolate(t, size=(16, 20), mode="bilinear")  # noqa: E731
         ref = phf.norm(a) * up(phf.scale(h)) + up(phf.shift(h))
         torch.testing.assert_close(phf(a, s), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_blend_head_spans_source_luminances() -> None:
+    """The blend head passes source pixels through: a=1 gives the thermal image, a=0 the visible luminance."""
+    m = build_model("mafs_t").eval()
+    assert m.config.fusion_head == "blend"
+    g = torch.Generator().manual_seed(3)
+    ir, vis = torch.rand(1, 1, 64, 96, generator=g), torch.rand(1, 3, 64, 96, generator=g)
+    with torch.no_grad():
+        m.fusion.out.weight.zero_()
+        for share, want in ((30.0, ir), (-30.0, kornia.color.rgb_to_y(vis))):
+            m.fusion.out.bias.copy_(torch.tensor([share, 0.0]))
+            assert torch.allclose(m(ir, vis)["fused_y"], want, atol=1e-6)
+
+
+def test_direct_head_checkpoints_still_build() -> None:
+    """Checkpoints saved before `fusion_head` existed store no such field: they rebuild the sigmoid head."""
+    cfg = build_model("mafs_t").config.to_dict()
+    cfg.pop("fusion_head")
+    old = MAFS(MAFSConfig.from_dict(cfg))
+    assert old.fusion.out.out_channels == 1
+    y = old.eval()(torch.rand(1, 1, 32, 32), torch.rand(1, 3, 32, 32))["fused_y"]
+    assert y.shape == (1, 1, 32, 32) and 0 <= float(y.min()) and float(y.max()) <= 1
