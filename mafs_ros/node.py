@@ -348,9 +348,13 @@ class MafsNode(LifecycleNode):
             return
         try:
             thermal, n_nonfinite = conversions.thermal_to_numpy(thermal_msg)
-            rgb, rgb_encoding = conversions.rgb_to_numpy(rgb_msg)
         except ImageError as exc:
             self._bad_input("thermal", str(exc))
+            return
+        try:
+            rgb, rgb_encoding = conversions.rgb_to_numpy(rgb_msg)
+        except ImageError as exc:
+            self._bad_input("rgb", str(exc))
             return
         if n_nonfinite:
             self.stats.inc("nonfinite_frames")
