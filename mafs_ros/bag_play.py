@@ -107,7 +107,7 @@ class BagPlayer:
                 raise BagError(f"timed out after {self.opts.wait_timeout:.0f} s waiting for {n} subscriber(s) "
                                f"per topic: {counts}")
             time.sleep(0.05)
-        time.sleep(0.3)  # discovery is two-sided: let the subscribers match us too
+        time.sleep(0.5)  # discovery is two-sided: let the subscribers match us too
 
     def _sleep_until(self, wall: float, bag_at: Callable[[float], int]) -> None:
         """Sleep until `wall` (perf_counter), publishing /clock at the asked rate meanwhile."""
@@ -159,7 +159,16 @@ class BagPlayer:
             if not self.opts.loop:
                 break
         self.stats.wall_s = time.perf_counter() - t_start
+        self.flush()
         return self.stats
+
+    def flush(self, timeout_s: float = 2.0) -> None:
+        """Wait until reliable subscribers acknowledged every sample: a player that exits right after its last
+        publish would otherwise take that sample with it (seen: the final thermal image went missing)."""
+        from rclpy.duration import Duration
+
+        for pub in self.publishers.values():
+            pub.wait_for_all_acked(Duration(nanoseconds=int(timeout_s * 1e9)))
 
 
 def _cmd_play(args: argparse.Namespace) -> int:

@@ -34,7 +34,9 @@ def test_play_publishes_images_and_clock(tmp_path: Path) -> None:
     node = rclpy.create_node("play_listener")
     got: list[tuple[str, int, np.ndarray, float]] = []
     clocks: list[int] = []
-    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)  # like the node: sensor-data QoS
+    # reliable (the player publishes reliable, like `ros2 bag play`): "every image arrives" must not depend on a
+    # best-effort reader losing the first sample while discovery completes on a loaded machine
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
     def on_image(topic: str):
         def cb(m: Image) -> None:
@@ -63,7 +65,8 @@ def test_play_publishes_images_and_clock(tmp_path: Path) -> None:
         rclpy.shutdown()
     assert player.returncode == 0, out
     assert "published 12 messages" in out
-    assert len(got) == 12, f"{len(got)} of 12 images arrived"
+    missing = sorted(set(expected) - {(t, s) for t, s, _, _ in got})
+    assert len(got) == 12, f"{len(got)} of 12 images arrived; missing {missing}"
     for topic, stamp, arr, _ in got:
         assert np.array_equal(arr, expected[(topic, stamp)])
     stamps = [s for _, s, _, _ in got]
