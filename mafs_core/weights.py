@@ -11,10 +11,11 @@ PACKAGE = "mafs_ros"
 
 
 def weight_dirs() -> list[Path]:
-    """Candidate folders, most specific first: $MAFS_WEIGHTS_DIR, the source tree, install prefixes."""
-    dirs: list[Path] = []
+    """Candidate folders: $MAFS_WEIGHTS_DIR alone when set (an explicit choice is not second-guessed),
+    else the source tree, then install prefixes."""
     if os.environ.get("MAFS_WEIGHTS_DIR"):
-        dirs.append(Path(os.environ["MAFS_WEIGHTS_DIR"]))
+        return [Path(os.environ["MAFS_WEIGHTS_DIR"])]
+    dirs: list[Path] = []
     dirs.append(Path(__file__).resolve().parent.parent / "weights")  # checkout / editable install
     # installed by setup.py data_files: <prefix>/share/mafs_ros/weights (colcon puts prefixes on
     # AMENT_PREFIX_PATH; we read the variable rather than import ament_index_python to stay ROS-free)

@@ -152,10 +152,11 @@ def test_default_checkpoint(tmp_path, monkeypatch):
     assert weights.default_checkpoint() == tmp_path / "b" / weights.DEFAULT_WEIGHTS
 
 
-def test_weight_dirs_include_env_source_tree_and_prefix(monkeypatch, tmp_path):
+def test_weight_dirs_are_the_env_alone_else_source_tree_and_prefix(monkeypatch, tmp_path):
     monkeypatch.setenv("MAFS_WEIGHTS_DIR", str(tmp_path))
+    assert weights.weight_dirs() == [tmp_path]
+    monkeypatch.delenv("MAFS_WEIGHTS_DIR")
     monkeypatch.setenv("AMENT_PREFIX_PATH", "/opt/ws/install/mafs_ros")
     dirs = weights.weight_dirs()
-    assert dirs[0] == tmp_path
-    assert Path(weights.__file__).resolve().parent.parent / "weights" in dirs
+    assert dirs[0] == Path(weights.__file__).resolve().parent.parent / "weights"
     assert Path("/opt/ws/install/mafs_ros/share/mafs_ros/weights") in dirs
