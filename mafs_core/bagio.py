@@ -19,19 +19,14 @@ from rosbags.rosbag2.storage_mcap import McapReader
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from mafs_core.io import IMAGE_ENCODINGS, ImageFormatError
+from mafs_core.io import image_to_array as decode_image
+
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 IMAGE_TYPES = (IMAGE, COMPRESSED)
 
-# encoding -> (dtype, channels). OpenCV-style "8UC3" names are accepted like their ROS aliases.
-ENCODINGS: dict[str, tuple[type, int]] = {
-    "mono8": (np.uint8, 1), "8UC1": (np.uint8, 1),
-    "mono16": (np.uint16, 1), "16UC1": (np.uint16, 1),
-    "bgr8": (np.uint8, 3), "rgb8": (np.uint8, 3), "8UC3": (np.uint8, 3),
-    "bgra8": (np.uint8, 4), "rgba8": (np.uint8, 4), "8UC4": (np.uint8, 4),
-    "32FC1": (np.float32, 1),
-}
 MANIFEST_KEY = "mafs.manifest"  # bag custom_data written by `mafs bag make`: frame names by rgb stamp
 
 
@@ -55,25 +50,11 @@ def stamp_ns(header) -> int:
 
 
 def image_to_array(msg, topic: str = "") -> np.ndarray:
-    """A sensor_msgs/Image (rosbags or rclpy object) as HxW or HxWxC array in its own encoding.
-
-    Honours `step` padding and `is_bigendian`; returns a view where it can (no copy).
-    """
-    enc = msg.encoding
-    where = f" on topic {topic!r}" if topic else ""
-    if enc not in ENCODINGS:
-        raise BagError(f"unsupported image encoding {enc!r}{where} (supported: {', '.join(ENCODINGS)})")
-    dtype, ch = ENCODINGS[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    itemsize = np.dtype(dtype).itemsize
-    buf = np.frombuffer(msg.data, np.uint8) if not isinstance(msg.data, np.ndarray) else msg.data
-    if h * w == 0 or step < w * ch * itemsize or buf.size < h * step:
-        raise BagError(f"malformed {enc} image{where}: {w}x{h} step {step} with {buf.size} data bytes")
-    rows = buf[: h * step].reshape(h, step)[:, : w * ch * itemsize]
-    wire = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")
-    arr = np.ascontiguousarray(rows).view(wire)  # no copy unless rows are padded
-    arr = arr.reshape(h, w, ch) if ch > 1 else arr.reshape(h, w)
-    return arr if wire.isnative else arr.astype(dtype)
+    """A sensor_msgs/Image as an array (`mafs_core.io.image_to_array`); errors name the bag topic."""
+    try:
+        return decode_image(msg, f" on topic {topic!r}" if topic else "")
+    except ImageFormatError as exc:
+        raise BagError(str(exc)) from exc
 
 
 def compressed_to_array(msg) -> tuple[np.ndarray, str]:
@@ -328,7 +309,7 @@ class BagWriter:
 
     def image_msg(self, image: np.ndarray, encoding: str, stamp: int, frame_id: str):
         """A rosbags sensor_msgs/Image of `image` (HxW or HxWxC, dtype matching `encoding`)."""
-        dtype, ch = ENCODINGS[encoding]
+        dtype, ch = IMAGE_ENCODINGS[encoding]
         image = np.ascontiguousarray(image, dtype=dtype)
         if (image.shape[2] if image.ndim == 3 else 1) != ch:
             raise BagError(f"image of shape {image.shape} does not fit encoding {encoding}")

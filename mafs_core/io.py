@@ -90,3 +90,36 @@ def jsonable(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     return x
+
+
+# sensor_msgs/Image encoding -> (dtype, channels). OpenCV-style "8UC3" names are accepted like their ROS aliases.
+IMAGE_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+    "mono8": (np.dtype(np.uint8), 1), "8UC1": (np.dtype(np.uint8), 1),
+    "mono16": (np.dtype(np.uint16), 1), "16UC1": (np.dtype(np.uint16), 1),
+    "bgr8": (np.dtype(np.uint8), 3), "rgb8": (np.dtype(np.uint8), 3), "8UC3": (np.dtype(np.uint8), 3),
+    "bgra8": (np.dtype(np.uint8), 4), "rgba8": (np.dtype(np.uint8), 4), "8UC4": (np.dtype(np.uint8), 4),
+    "32FC1": (np.dtype(np.float32), 1), "64FC1": (np.dtype(np.float64), 1),
+}
+
+
+class ImageFormatError(ValueError):
+    """An image message that cannot be decoded as its declared encoding (bad input, not a bug)."""
+
+
+def image_to_array(msg: Any, where: str = "") -> np.ndarray:
+    """A sensor_msgs/Image (rosbags or rclpy object: duck-typed, so the core stays ROS-free) as an HxW or
+    HxWxC array in its own encoding. Honours `step` padding and `is_bigendian`; a view where it can be."""
+    enc = msg.encoding
+    if enc not in IMAGE_ENCODINGS:
+        raise ImageFormatError(f"unsupported image encoding {enc!r}{where} "
+                               f"(supported: {', '.join(IMAGE_ENCODINGS)})")
+    dtype, ch = IMAGE_ENCODINGS[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    buf = msg.data if isinstance(msg.data, np.ndarray) else np.frombuffer(msg.data, np.uint8)
+    if h * w == 0 or step < w * ch * dtype.itemsize or buf.size < h * step:
+        raise ImageFormatError(f"malformed {enc} image{where}: {w}x{h} step {step} with {buf.size} data bytes")
+    rows = buf[: h * step].reshape(h, step)[:, : w * ch * dtype.itemsize]
+    wire = dtype.newbyteorder(">" if msg.is_bigendian else "<")
+    arr = np.ascontiguousarray(rows).view(wire)  # no copy unless rows are padded
+    arr = arr.reshape(h, w, ch) if ch > 1 else arr.reshape(h, w)
+    return arr if wire.isnative else arr.astype(dtype)

@@ -18,6 +18,8 @@ import numpy as np
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from mafs_core.io import IMAGE_ENCODINGS, ImageFormatError, image_to_array
+
 try:  # a ROS distribution; absent on a pip install
     from cv_bridge import CvBridge
 
@@ -25,23 +27,12 @@ try:  # a ROS distribution; absent on a pip install
 except ImportError:
     _BRIDGE = None
 
-# encoding -> (numpy dtype, channels)
-ENCODINGS: dict[str, tuple[np.dtype, int]] = {
-    "mono8": (np.dtype(np.uint8), 1),
-    "8UC1": (np.dtype(np.uint8), 1),
-    "mono16": (np.dtype(np.uint16), 1),
-    "16UC1": (np.dtype(np.uint16), 1),
-    "32FC1": (np.dtype(np.float32), 1),
-    "64FC1": (np.dtype(np.float64), 1),
-    "rgb8": (np.dtype(np.uint8), 3),
-    "bgr8": (np.dtype(np.uint8), 3),
-}
 THERMAL_ENCODINGS = ("mono8", "8UC1", "mono16", "16UC1", "32FC1", "64FC1", "rgb8", "bgr8")
 RGB_ENCODINGS = ("bgr8", "rgb8", "mono8")
 BACKENDS = ("cv_bridge", "numpy") if _BRIDGE is not None else ("numpy",)
 
 
-class ImageError(ValueError):
+class ImageError(ImageFormatError):
     """A message that cannot be an image of its declared encoding (bad input, not a bug)."""
 
 
@@ -49,7 +40,7 @@ def check_image(msg: Image, allowed: tuple[str, ...]) -> None:
     """Raise ImageError unless ``msg`` is a well-formed image in one of ``allowed`` encodings."""
     if msg.encoding not in allowed:
         raise ImageError(f"encoding '{msg.encoding}' not supported here (use one of {', '.join(allowed)})")
-    dtype, channels = ENCODINGS[msg.encoding]
+    dtype, channels = IMAGE_ENCODINGS[msg.encoding]
     if msg.height == 0 or msg.width == 0:
         raise ImageError(f"empty image ({msg.width}x{msg.height})")
     row = msg.width * channels * dtype.itemsize
@@ -61,17 +52,13 @@ def check_image(msg: Image, allowed: tuple[str, ...]) -> None:
 
 def image_to_numpy(msg: Image, backend: str = BACKENDS[0]) -> np.ndarray:
     """HxW or HxWxC array in native byte order; a view of ``msg.data`` when rows are unpadded."""
-    dtype, channels = ENCODINGS[msg.encoding]
+    dtype, _ = IMAGE_ENCODINGS[msg.encoding]
     if backend == "cv_bridge" and _BRIDGE is not None and msg.step % dtype.itemsize == 0:
         return np.asarray(_BRIDGE.imgmsg_to_cv2(msg))
-    row = msg.width * channels * dtype.itemsize
-    raw = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)
-    if msg.step != row:
-        raw = np.ascontiguousarray(raw[:, :row])  # drop row padding; any step is valid
-    arr = raw.view(dtype.newbyteorder(">" if msg.is_bigendian else "<"))
-    if arr.dtype.byteorder not in ("=", "|", "<" if sys.byteorder == "little" else ">"):
-        arr = arr.astype(dtype)
-    return arr.reshape(msg.height, msg.width, channels) if channels > 1 else arr.reshape(msg.height, msg.width)
+    try:
+        return image_to_array(msg)  # the core's decoder, shared with the bag tools
+    except ImageFormatError as exc:
+        raise ImageError(str(exc)) from exc
 
 
 def thermal_to_numpy(msg: Image, backend: str = BACKENDS[0]) -> tuple[np.ndarray, int]:
