@@ -6,7 +6,8 @@ publisher process -> node process (mafs_ros.node.main) -> this process (receiver
 latency (output receive time minus header stamp, one host clock), the node's overhead (latency minus the
 engine's `total`, measured per frame by the node and read from /diagnostics; plus the receiver-side
 p50 latency minus the engine p50), drop rate, and the node process's CPU %. Without --checkpoint an
-untrained mafs_t is used (speed does not depend on the weights). Writes benchmarks/results/bench_node.json.
+untrained --variant (default mafs_t) is used (speed does not depend on the weights). Writes
+benchmarks/results/bench_node.json.
 """
 
 from __future__ import annotations
@@ -33,16 +34,16 @@ from mafs_ros.env import configure_ros_env, unique_domain_id  # noqa: E402
 NS = "/bench"
 
 
-def _engine(device: str, _params):
+def _engine(variant: str, device: str, _params):
     from mafs_core.engine import FusionSegmenter
 
-    return FusionSegmenter.from_variant("mafs_t", device=device, warmup=0)
+    return FusionSegmenter.from_variant(variant, device=device, warmup=0)
 
 
-def _node(args: list[str], device: str, use_variant: bool) -> None:
+def _node(args: list[str], variant: str, device: str, use_variant: bool) -> None:
     from mafs_ros.node import main
 
-    main(args, engine_factory=functools.partial(_engine, device) if use_variant else None)
+    main(args, engine_factory=functools.partial(_engine, variant, device) if use_variant else None)
 
 
 def _frames(n: int, h: int, w: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -102,7 +103,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=30.0)
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
-    ap.add_argument("--checkpoint", default=None, help="default: an untrained mafs_t")
+    ap.add_argument("--checkpoint", default=None, help="default: an untrained --variant")
+    ap.add_argument("--variant", default="mafs_t", help="network when no --checkpoint is given")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_node.json"))
     args = ap.parse_args()
@@ -122,7 +124,7 @@ def main() -> int:
     if args.checkpoint:
         node_args += ["-p", f"model.checkpoint:={Path(args.checkpoint).resolve()}"]
     ctx = mp.get_context("spawn")
-    node_proc = ctx.Process(target=_node, args=(node_args, args.device, not args.checkpoint), daemon=True)
+    node_proc = ctx.Process(target=_node, args=(node_args, args.variant, args.device, not args.checkpoint), daemon=True)
     node_proc.start()
     start, done = ctx.Event(), ctx.Value("i", 0)
     pub_proc = ctx.Process(target=_publisher, args=(args.rate, args.duration, args.height, args.width, start, done),
@@ -174,7 +176,7 @@ def main() -> int:
     result = {
         "name": "bench_node",
         "settings": {"size": [args.width, args.height], "rate_hz": args.rate, "duration_s": args.duration,
-                     "checkpoint": args.checkpoint or "untrained mafs_t", "device": d.get("device"),
+                     "checkpoint": args.checkpoint or f"untrained {args.variant}", "device": d.get("device"),
                      "precision": d.get("precision"), "sync_backend": d.get("sync_backend")},
         "host": {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
         "pairs_sent": sent,

@@ -142,7 +142,7 @@ class PairDataset(Dataset):
 
     def __init__(self, records: Sequence[Record], num_classes: int = 9, train: bool = False,
                  augment: AugmentConfig | None = None, seed: int = 0, ignore_index: int = IGNORE_INDEX,
-                 thermal_norm_8bit: str = "minmax", thermal_norm_16bit: str = "percentile"):
+                 thermal_norm_8bit: str = "minmax", thermal_norm_16bit: str = "percentile", repeat: int = 1):
         if not records:
             raise ValueError("empty dataset: no image pairs found")
         self.records = list(records)
@@ -150,13 +150,18 @@ class PairDataset(Dataset):
         self.aug = augment or AugmentConfig()
         self.norm8 = ThermalNormalizer(mode=thermal_norm_8bit, smoothing=0.0)
         self.norm16 = ThermalNormalizer(mode=thermal_norm_16bit, smoothing=0.0)
+        if repeat < 1:
+            raise ValueError(f"repeat must be >= 1, got {repeat}")
+        # `repeat` passes over the records per epoch, each with its own augmentation: small datasets then
+        # make long epochs, so loader workers are not re-spawned every few steps.
+        self.repeat = repeat
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) * self.repeat
 
     # -- reading
     def _thermal(self, raw: np.ndarray) -> np.ndarray:
@@ -202,7 +207,7 @@ class PairDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, index])
 
     def __getitem__(self, index: int) -> dict:
-        rec = self.records[index]
+        rec = self.records[index % len(self.records)]
         ir, vis, label = self.load(rec)
         has_label = label is not None
         if label is None:

@@ -364,17 +364,19 @@ class FusionSegmenter:
         """Forget temporal state (percentile EMA): call on a new sequence or after a camera restart."""
         self.normalizer.reset()
 
-    def warmup(self, size: tuple[int, int] = (480, 640), iters: int = 2) -> None:
-        """Run the network on a dummy frame so that the first real frame is not slow (and capture graphs)."""
+    def warmup(self, size: tuple[int, int] = (480, 640), iters: int = 2, batch: int = 1) -> None:
+        """Run the whole pipeline (upload, normalisation, network, post-processing) on dummy frames of this
+        size and batch, so that the first real frame pays for no allocation, autotuning, lazy kernel loading or
+        graph capture. The last pass uses a 16-bit thermal frame so both input paths are warm; the thermal
+        normaliser's running state is reset afterwards."""
         h, w = int(size[0]), int(size[1])
-        dtype = self._io_dtype
-        with torch.inference_mode():
-            ir = torch.zeros(1, 1, h, w, device=self._device, dtype=dtype)
-            vis = torch.zeros(1, 3, h, w, device=self._device, dtype=dtype)
-            if self._device.type == "cuda" and self.config.channels_last and self._onnx is None:
-                vis = vis.contiguous(memory_format=torch.channels_last)
-            for _ in range(max(1, iters)):
-                self._forward(ir, vis)
+        ramp = np.linspace(0.0, 1.0, w, dtype=np.float32)[None].repeat(h, 0)  # not flat: min-max needs a range
+        rgb = [np.repeat((ramp * 255).astype(np.uint8)[..., None], 3, 2)] * batch
+        passes = max(1, iters)
+        for i in range(passes):
+            th = (ramp * 60000).astype(np.uint16) if passes > 1 and i == passes - 1 else (ramp * 255).astype(np.uint8)
+            self.run_batch([th] * batch, rgb, "bgr8")
+        self.normalizer.reset()
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
 

@@ -61,6 +61,7 @@ class DataConfig:
     val_resize: list[int] | None = None  # [H, W] for validation images (default: augment.resize)
     batch_size: int = 4  # per process
     num_workers: int = 2
+    repeat: int = 1  # passes over the training pairs per epoch (fewer loader restarts on small datasets)
     val_max: int = 16  # validation images per evaluation (first N of the val set)
     val_metric_images: int = 4  # of those, how many get the (slow) full fusion metrics
     thermal_norm_8bit: str = "minmax"  # must match the engine's default ThermalNormalizer mode
@@ -133,6 +134,7 @@ class OptimConfig:
 class RunConfig:
     stage: str = "mae"  # mae | joint
     steps: int = 1000
+    time_limit: float = 0.0  # seconds; stop early (then precise BN, validate, export as usual) once exceeded; 0 = off
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16
@@ -149,6 +151,7 @@ class RunConfig:
     progress: bool = True
     debug_step_delay: float = 0.0  # seconds slept per step (tests use it to kill a run mid-way)
     precise_bn_images: int = 64  # re-estimate BN statistics on this many un-augmented training images before export
+    class_bias_images: int = 0  # joint stage: fit per-class logit offsets on this many training frames (calibrate.py)
 
 
 @dataclass
@@ -264,7 +267,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[PairDataset, PairDataset | None]:
     kw = {"num_classes": d.num_classes, "thermal_norm_8bit": d.thermal_norm_8bit,
           "thermal_norm_16bit": d.thermal_norm_16bit}
     train_ds = PairDataset(_records(d.root, d.sources, "train"), train=True, augment=d.augment, seed=cfg.train.seed,
-                           **kw)
+                           repeat=d.repeat, **kw)
     if d.val_sources:
         val_recs = _records(d.root, d.val_sources, "all")
     else:
@@ -473,6 +476,7 @@ class Trainer:
         self.weighter = MaxMinFairnessWeighter(2, 2.0, b.temperature, b.w_min, b.w_max, b.momentum, b.loss_ema,
                                                b.max_step, b.warmup_updates)
         self.teacher = None
+        self.class_bias: dict | None = None  # set by the class-bias calibration before export
         if t.stage == "joint" and cfg.teacher.path:
             from mafs_core.teacher import load_mfnet_teacher
 
@@ -586,6 +590,13 @@ class Trainer:
                 images["teacher_pred"] = t_logits.argmax(1, keepdim=True)
         return StepOut((w * tasks).sum(), tasks.detach(), parts, images)
 
+    def _past(self, deadline: float) -> bool:
+        """Whether the wall-clock deadline has passed; under DDP rank 0 decides, so all ranks stop together."""
+        flag = torch.tensor([float(time.time() > deadline)], device=self.device)
+        if self.ddp:
+            dist.broadcast(flag, 0)
+        return bool(flag.item())
+
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
@@ -669,6 +680,8 @@ class Trainer:
                             "command": self.command, "config": dataclasses.asdict(self.cfg),
                             "teacher": self.cfg.teacher.path if self.cfg.train.stage == "joint" else None,
                             "ema": self.cfg.train.ema, **(extra or {})}
+        if self.class_bias is not None:
+            meta["training"]["class_bias"] = self.class_bias
         model = self._eval_model()
         save_checkpoint(path, model, meta)
 
@@ -685,7 +698,8 @@ class Trainer:
             bar = tqdm(total=t.steps, initial=self.step, desc=f"mafs {t.stage}", dynamic_ncols=True)
         last_val: dict = {}
         t0 = time.time()
-        while self.step < t.steps:
+        out_of_time = False
+        while self.step < t.steps and not out_of_time:
             epoch, start = divmod(self.step, spe)
             self.sampler.set_position(epoch, start)
             self.train_ds.set_epoch(epoch)
@@ -724,16 +738,29 @@ class Trainer:
                     self.save_state()
                 if t.debug_step_delay:
                     time.sleep(t.debug_step_delay)
+                if t.time_limit > 0 and self._past(t0 + t.time_limit):
+                    out_of_time = True
+                    if self.main:
+                        print(f"[mafs train] time limit {t.time_limit:g} s reached at step {self.step}")
+                    break
         if bar is not None:
             bar.close()
+        d = cfg.data
+        calib = PairDataset(self.train_ds.records, num_classes=d.num_classes, train=False,
+                            augment=AugmentConfig(resize=d.val_resize or d.augment.resize),
+                            thermal_norm_8bit=d.thermal_norm_8bit, thermal_norm_16bit=d.thermal_norm_16bit)
         if self.main and t.precise_bn_images > 0:
-            d = cfg.data
-            calib = PairDataset(self.train_ds.records, num_classes=d.num_classes, train=False,
-                                augment=AugmentConfig(resize=d.val_resize or d.augment.resize),
-                                thermal_norm_8bit=d.thermal_norm_8bit, thermal_norm_16bit=d.thermal_norm_16bit)
             n = precise_bn(self._eval_model(), calib, t.precise_bn_images, self.device, mode=t.stage)
             print(f"[mafs train] precise BN: statistics re-estimated on {n} un-augmented training images")
             self.best = math.inf  # the recalibrated model is the one to keep
+        if self.main and t.class_bias_images > 0 and t.stage == "joint":
+            from mafs_core.calibrate import calibrate_class_bias
+
+            fit = calibrate_class_bias(self._eval_model(), calib, t.class_bias_images, self.device, self.teacher)
+            self.class_bias = dataclasses.asdict(fit)
+            print(f"[mafs train] class-bias calibration on {fit.images} frames: mIoU {fit.miou_before:.3f} -> "
+                  f"{fit.miou_after:.3f}, offsets {fit.bias}")
+            self.best = math.inf
         last_val = self._validate_and_keep_best() or last_val
         self.save_state()
         summary = {"steps": self.step, "seconds": time.time() - t0, "val": last_val, "rank": self.rank,

@@ -54,6 +54,9 @@ def test_make_eval_round_trip_with_output_bag(engine, pairs_dir: Path, tmp_path:
                        opts=EvalOptions(write_bag=True, storage=storage, batch_size=3, **QUIET), engine=engine)
     assert "error" not in rep
     assert rep["num_images"] == 8 and rep["throughput"]["frames"] == 8 and rep["throughput"]["fps"] > 0
+    tp = rep["throughput"]  # batches of 3: the steady rate is over the 5 frames after the first batch
+    assert 0 < tp["first_batch_s"] < tp["wall_s"] and tp["steady_fps"] > 0
+    assert "after the first batch" in (out / "report.md").read_text()
     assert rep["pairing"]["matched"] == 8 and rep["pairing"]["unmatched"] == [0, 0]
     assert rep["pairing"]["labels_matched"] == 8 and rep["segmentation"]["num_labelled"] == 8
     assert abs(rep["pairing"]["stamp_diff"]["mean"]) < 4e-3  # offset removed: residual is jitter

@@ -137,6 +137,19 @@ def test_augmentation_consistent_and_replayable(tmp_path: Path) -> None:
     assert not torch.allclose(a["vis"].mean(0), a["ir"][0], atol=0.02)
 
 
+def test_repeat_gives_distinct_augmentations_of_each_pair(tmp_path: Path) -> None:
+    _write_split(tmp_path, "ir", "vi", "label", n=2)
+    aug = AugmentConfig(resize=[96, 128], crop=[40, 56], scale=[0.8, 1.5], hflip=True)
+    once = build_dataset("paired", tmp_path, num_classes=3, train=True, augment=aug, seed=3)
+    thrice = build_dataset("paired", tmp_path, num_classes=3, train=True, augment=aug, seed=3, repeat=3)
+    assert len(once) == 2 and len(thrice) == 6
+    assert torch.equal(thrice[0]["ir"], once[0]["ir"])  # the first pass is the plain dataset
+    assert thrice[2]["name"] == thrice[4]["name"] == once[0]["name"]
+    assert not torch.equal(thrice[2]["ir"], thrice[4]["ir"])  # later passes: new crops of the same pair
+    with pytest.raises(ValueError, match="repeat"):
+        build_dataset("paired", tmp_path, num_classes=3, repeat=0)
+
+
 def test_errors_are_clear(tmp_path: Path) -> None:
     _write_split(tmp_path / "m", "ir", "vi", None, n=3)
     (tmp_path / "m" / "vi" / "s001.png").rename(tmp_path / "m" / "vi" / "zzz.png")

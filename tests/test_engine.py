@@ -221,6 +221,20 @@ def test_cuda_request_falls_back_to_cpu_with_warning():
         resolve_device("tpu")
 
 
+def test_warmup_runs_the_real_path_and_leaves_no_state(seg, monkeypatch):
+    eng = seg.with_config(thermal_norm="percentile", thermal_smoothing=0.9, warmup=0)
+    th, bgr = _frames()
+    cold = eng.run(th, bgr)
+    calls = []
+    real = eng.run_batch
+    monkeypatch.setattr(eng, "run_batch", lambda ths, rgbs, *a, **k: calls.append(
+        (len(ths), ths[0].shape, ths[0].dtype, rgbs[0].shape)) or real(ths, rgbs, *a, **k))
+    eng.warmup((H, W), iters=3, batch=2)
+    assert calls == [(2, (H, W), np.uint8, (H, W, 3))] * 2 + [(2, (H, W), np.uint16, (H, W, 3))]
+    assert eng.normalizer._bounds is None  # the percentile EMA did not learn the dummy frames
+    np.testing.assert_array_equal(eng.run(th, bgr).fused_bgr, cold.fused_bgr)
+
+
 def test_warmup_and_release():
     eng = FusionSegmenter.from_variant("mafs_t", device="cpu", warmup=1, warmup_size=(32, 32))
     th, bgr = _frames()

@@ -78,7 +78,8 @@ def test_config_and_overrides(tmp_path: Path, pairs: Path) -> None:
 def test_short_real_run_lowers_loss(tmp_path: Path, pairs: Path, stage: str) -> None:
     from mafs_core.checkpoint import load_checkpoint
 
-    cfg_path = _config(tmp_path, pairs, stage, ema=0.9 if stage == "joint" else 0.0)
+    joint = stage == "joint"
+    cfg_path = _config(tmp_path, pairs, stage, ema=0.9 if joint else 0.0, class_bias_images=2 if joint else 0)
     summary = train(load_config(cfg_path), command="pytest")
     run = tmp_path / f"run_{stage}"
     loss = np.array([v for _, v in sorted(_losses(run).items())])
@@ -91,6 +92,23 @@ def test_short_real_run_lowers_loss(tmp_path: Path, pairs: Path, stage: str) -> 
     assert meta["variant"] == "mafs_t" and meta["training"]["command"] == "pytest"
     assert meta["training"]["config"]["train"]["stage"] == stage and meta["class_names"][2] == "person"
     assert (run / "state.pt").is_file() and any((run / "tb").iterdir())
+    if joint:  # class-bias calibration ran on teacher-labelled frames and is recorded with the weights
+        fit = meta["training"]["class_bias"]
+        assert fit["images"] == 2 and len(fit["bias"]) == 9 and fit["miou_after"] >= fit["miou_before"]
+    else:
+        assert "class_bias" not in meta["training"]
+
+
+@pytest.mark.timeout(240)
+def test_time_limit_stops_early_and_still_exports(tmp_path: Path, pairs: Path) -> None:
+    from mafs_core.checkpoint import load_checkpoint
+
+    cfg = load_config(_config(tmp_path, pairs, "mae", steps=1000, time_limit=3.0, debug_step_delay=0.5),
+                      ["data.repeat=4", "train.precise_bn_images=2"])
+    summary = train(cfg, command="pytest")
+    steps = len(_losses(tmp_path / "run_mae"))
+    assert 2 <= summary["steps"] == steps < 20
+    assert load_checkpoint(tmp_path / "run_mae" / "final.safetensors")[1]["training"]["steps"] == steps
 
 
 def _popen(cfg: Path, *overrides: str) -> subprocess.Popen:

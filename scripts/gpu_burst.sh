@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One prepared call on a lent GPU (H100/H200), about 8 minutes: `bag eval` throughput with mafs_s, the GPU
+# tests, and a training burst of three runs sharing the GPU (each is launch-bound, so they interleave):
+#   mafs_t_a  Stage II fine-tune of the shipped mafs_t (full-resolution crops, seg weight 1.0)
+#   mafs_t_b  the same with a stronger gradient term and seg weight 1.5
+#   mafs_s    Stage I then Stage II from scratch
+# Results under $OUT: the three exported .safetensors and results.tgz (logs, losses, benchmark JSON, tests).
+# Needs, carried beside the tree (git-ignored): .whl/ (kornia, rosbags and their wheels for the machine's
+# Python) and .gpu/data/{msrs,roadscene,teachers} (training data; never committed).
+#   T_TRAIN=seconds of training per run (default 360); EXTRA="key=value ..." appended to every run
+#   (a CPU dry run: DEVICE=cpu T_TRAIN=20 EXTRA="data.batch_size=2 data.augment.crop=[96,128] ...").
+set -u
+OUT=${OUT:-/tmp/gpu_out}
+WORK=${WORK:-/tmp/gpu_burst}
+T=${T_TRAIN:-360}
+DEVICE=${DEVICE:-cuda}
+PY=${PY:-python3}
+mkdir -p "$OUT" "$WORK/logs"
+LOGS=$WORK/logs
+if [ -d .whl ] && [ "$DEVICE" = cuda ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" .whl/*.whl >/dev/null 2>&1
+  export PYTHONPATH=$WORK/site:$PWD
+fi
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 MAFS_DATA_ROOT=$PWD/.gpu/data
+[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$LOGS/gpu.txt"
+$PY -c "import torch, kornia; print('torch', torch.__version__, 'kornia', kornia.__version__)" | tee -a "$LOGS/gpu.txt"
+
+if [ "$DEVICE" = cuda ] && [ -z "${SKIP_BENCH:-}" ]; then
+  echo "== bag eval throughput: mafs_s, fp16, batch 8, 120 frames of 640x480"
+  timeout 150 $PY benchmarks/bench_bag_eval.py --variant mafs_s --device cuda --batch-size 8 --frames 120 \
+    > "$LOGS/bench_bag_eval.txt" 2>&1
+  tail -6 "$LOGS/bench_bag_eval.txt"; cp benchmarks/results/bench_bag_eval_cuda*.json "$LOGS/" 2>/dev/null
+fi
+
+COMMON=(data.root=.gpu/data teacher.path=.gpu/data/teachers/mfnet/mfnet_final.pth
+        train.precision=bf16 data.augment.resize=null 'data.augment.crop=[384,480]' 'data.augment.scale=[0.8,1.5]'
+        data.batch_size=16 data.num_workers=4 data.repeat=16 data.val_max=12 data.val_metric_images=2
+        train.image_every=100000 train.progress=false train.val_every=1000 train.ckpt_every=1000)
+[ "$DEVICE" = cuda ] || COMMON+=("train.device=$DEVICE")
+read -r -a EXTRA_ARR <<< "${EXTRA:-}"
+train() {  # NAME CONFIG TIME [key=value ...]
+  local name=$1 config=$2 secs=$3; shift 3
+  timeout $((secs + 120)) $PY -m mafs_core.train "$config" "${COMMON[@]}" "train.out_dir=$WORK/$name" \
+    "train.time_limit=$secs" "$@" "${EXTRA_ARR[@]}" > "$LOGS/$name.log" 2>&1
+  echo "$name exit $?"; cp "$WORK/$name/losses.jsonl" "$LOGS/$name.losses.jsonl" 2>/dev/null
+}
+FT=(train.init_from=weights/mafs_t.safetensors train.steps=3000 optim.lr=6e-4 optim.warmup_steps=100
+    balance.warmup_updates=100 train.ema=0.995)
+echo "== training burst: ${T} s per run"
+train mafs_t_a configs/mafs_t_stage2.yaml "$T" "${FT[@]}" loss.seg_weight=1.0 "train.export=$OUT/mafs_t_a.safetensors" &
+train mafs_t_b configs/mafs_t_stage2.yaml "$T" "${FT[@]}" loss.seg_weight=1.5 loss.w_grad=4.0 \
+  "train.export=$OUT/mafs_t_b.safetensors" &
+(train mafs_s_stage1 configs/mafs_s_stage1.yaml 70 train.steps=800 optim.lr=2e-3 optim.warmup_steps=50 \
+   "train.export=$WORK/mafs_s_stage1.safetensors"
+ train mafs_s configs/mafs_s_stage2.yaml $((T - 80)) "train.init_from=$WORK/mafs_s_stage1.safetensors" \
+   train.steps=1500 optim.warmup_steps=100 balance.warmup_updates=100 train.ema=0.995 \
+   "train.export=$OUT/mafs_s.safetensors") &
+if [ "$DEVICE" = cuda ]; then
+  (sleep 20; timeout 120 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider > "$LOGS/gpu_tests.txt" 2>&1) &
+fi
+wait
+for f in "$LOGS"/*.log; do echo "-- $f"; grep -E "time limit|step [0-9]+ val|precise BN|Error|error" "$f" | cut -c1-300 | tail -4; done
+tail -3 "$LOGS/gpu_tests.txt" 2>/dev/null
+tar -czf "$OUT/results.tgz" -C "$WORK" logs
+ls -la "$OUT"
