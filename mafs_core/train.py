@@ -424,11 +424,16 @@ class Trainer:
         self.cfg, self.command = cfg, command
         t = cfg.train
         self.ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+        local = int(os.environ.get("LOCAL_RANK", 0))
         if t.device == "auto":
-            dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+            dev = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
         else:
-            dev = t.device
-        self.device = torch.device(dev)
+            dev = torch.device(t.device)
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"train.device={t.device} but CUDA is not available (use auto or cpu)")
+            if dev.type == "cuda" and dev.index is None:  # plain "cuda": this process's GPU under torchrun
+                dev = torch.device("cuda", local)
+        self.device = dev
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if self.ddp and not dist.is_initialized():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from mafs_core.train import LOSS_LOG, load_config, train
@@ -69,6 +70,9 @@ def test_config_and_overrides(tmp_path: Path, pairs: Path) -> None:
         load_config(path, ["train.stage=fusion"])
     with pytest.raises(ValueError, match="key=value"):
         load_config(path, ["optim.lr"])
+    if not torch.cuda.is_available():  # plain "cuda" is accepted on a GPU; here it must fail clearly
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            train(load_config(path, ["train.device=cuda"]))
     for name in ("mafs_t_stage1", "mafs_t_stage2", "mafs_s_stage1", "mafs_s_stage2"):
         load_config(REPO / "configs" / f"{name}.yaml")
 
