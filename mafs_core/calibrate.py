@@ -68,6 +68,7 @@ def fit_class_bias(logits: torch.Tensor, labels: torch.Tensor, grid: Sequence[fl
     bias = torch.zeros(num_classes)
     best = before = miou(logits, labels, bias, num_classes)
     index = torch.arange(num_classes)[:, None]
+    base = labels * num_classes  # confusion-matrix row offsets, the same for every trial
     for _ in range(passes):
         changed = False
         for c in range(1, num_classes):
@@ -78,7 +79,7 @@ def fit_class_bias(logits: torch.Tensor, labels: torch.Tensor, grid: Sequence[fl
             for v in grid:
                 zc = logits[c] + float(v)
                 pred = torch.where((zc > other_max) | ((zc == other_max) & (other_arg > c)), c, other_arg)
-                cm = torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).view(num_classes, -1)
+                cm = torch.bincount(base + pred, minlength=num_classes ** 2).view(num_classes, -1)
                 score = _miou_from_confusion(cm)
                 if score > best + 1e-6:
                     best, changed = score, True

@@ -371,14 +371,12 @@ class FusionSegmenter:
         normaliser's running state is reset afterwards."""
         h, w = int(size[0]), int(size[1])
         ramp = np.linspace(0.0, 1.0, w, dtype=np.float32)[None].repeat(h, 0)  # not flat: min-max needs a range
-        rgb = [np.repeat((ramp * 255).astype(np.uint8)[..., None], 3, 2)] * batch
+        th8, th16 = (ramp * 255).astype(np.uint8), (ramp * 60000).astype(np.uint16)
+        rgb = [np.repeat(th8[..., None], 3, 2)] * batch
         passes = max(1, iters)
-        for i in range(passes):
-            th = (ramp * 60000).astype(np.uint16) if passes > 1 and i == passes - 1 else (ramp * 255).astype(np.uint8)
-            self.run_batch([th] * batch, rgb, "bgr8")
+        for i in range(passes):  # run_batch copies its results back, so each pass has finished on return
+            self.run_batch([th16 if passes > 1 and i == passes - 1 else th8] * batch, rgb, "bgr8")
         self.normalizer.reset()
-        if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
 
     def release(self) -> None:
         """Free the network, CUDA graphs and buffers (device memory goes back to the driver)."""

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from mafs_core.balance import MaxMinFairnessWeighter
-from mafs_core.datasets import AugmentConfig, PairDataset, holdout_split, list_records
+from mafs_core.datasets import AugmentConfig, PairDataset, Record, holdout_split, list_records
 from mafs_core.losses import channel_kd, fusion_loss, merge_labels, ohem_ce, pseudo_labels, rec_loss, rgb_to_y
 from mafs_core.masking import mask_pair
 
@@ -276,6 +276,15 @@ def build_datasets(cfg: TrainConfig) -> tuple[PairDataset, PairDataset | None]:
     val_aug = AugmentConfig(resize=d.val_resize or d.augment.resize)
     val_ds = PairDataset(val_recs[: d.val_max], train=False, augment=val_aug, **kw) if val_recs else None
     return train_ds, val_ds
+
+
+def calibration_frames(cfg: TrainConfig, records: list[Record] | None = None) -> PairDataset:
+    """Un-augmented training frames at validation size: what precise BN and the class-bias calibration see."""
+    d = cfg.data
+    return PairDataset(records if records is not None else _records(d.root, d.sources, "train"),
+                       num_classes=d.num_classes, train=False,
+                       augment=AugmentConfig(resize=d.val_resize or d.augment.resize),
+                       thermal_norm_8bit=d.thermal_norm_8bit, thermal_norm_16bit=d.thermal_norm_16bit)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -597,9 +606,10 @@ class Trainer:
 
     def _past(self, deadline: float) -> bool:
         """Whether the wall-clock deadline has passed; under DDP rank 0 decides, so all ranks stop together."""
+        if not self.ddp:
+            return time.time() > deadline
         flag = torch.tensor([float(time.time() > deadline)], device=self.device)
-        if self.ddp:
-            dist.broadcast(flag, 0)
+        dist.broadcast(flag, 0)
         return bool(flag.item())
 
     def _eval_model(self) -> nn.Module:
@@ -750,10 +760,7 @@ class Trainer:
                     break
         if bar is not None:
             bar.close()
-        d = cfg.data
-        calib = PairDataset(self.train_ds.records, num_classes=d.num_classes, train=False,
-                            augment=AugmentConfig(resize=d.val_resize or d.augment.resize),
-                            thermal_norm_8bit=d.thermal_norm_8bit, thermal_norm_16bit=d.thermal_norm_16bit)
+        calib = calibration_frames(cfg, self.train_ds.records)
         if self.main and t.precise_bn_images > 0:
             n = precise_bn(self._eval_model(), calib, t.precise_bn_images, self.device, mode=t.stage)
             print(f"[mafs train] precise BN: statistics re-estimated on {n} un-augmented training images")

@@ -18,8 +18,7 @@ import torch
 
 from mafs_core.calibrate import calibrate_class_bias
 from mafs_core.checkpoint import load_checkpoint, save_checkpoint
-from mafs_core.datasets import AugmentConfig, PairDataset
-from mafs_core.train import _records, load_config, precise_bn
+from mafs_core.train import calibration_frames, load_config, precise_bn
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,10 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--class-bias-images", type=int, default=0, help="frames for the class offsets (0 = off)")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    d = cfg.data
-    data = PairDataset(_records(d.root, d.sources, "train"), num_classes=d.num_classes, train=False,
-                       augment=AugmentConfig(resize=d.val_resize or d.augment.resize),
-                       thermal_norm_8bit=d.thermal_norm_8bit, thermal_norm_16bit=d.thermal_norm_16bit)
+    data = calibration_frames(cfg)
     model, meta = load_checkpoint(args.src)
     training = meta.setdefault("training", {})
     command = " ".join(sys.argv)
