@@ -1,7 +1,7 @@
 """`mafs bag eval` throughput: frames/s over a rosbag2 of real 640x480 MSRS pairs, offline.
 
     .venv/bin/python benchmarks/bench_bag_eval.py [--variant mafs_t] [--device cpu] [--frames 24]
-        [--batch-size 1] [--checkpoint W] [--storage mcap]
+        [--batch-size 1] [--checkpoint W] [--storage mcap] [--workers 0]
 
 Builds a bag (30 Hz, 15 ms thermal offset) in a temp dir, then runs `evaluate_bag` twice: without
 fusion metrics (the replay pipeline: read + pair + engine + output bag) and with all nine metrics
@@ -34,6 +34,7 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"))
+    ap.add_argument("--workers", type=int, default=0, help="scoring threads (0 = up to 4, one per core)")
     ap.add_argument("--no-full", action="store_true", help="skip the run with all fusion metrics")
     args = ap.parse_args()
 
@@ -56,7 +57,8 @@ def main() -> int:
             t = time.perf_counter()
             rep = evaluate_bag(bag, Path(tmp) / f"out{i}", pairing=PairingOptions(thermal_offset=-0.015),
                                opts=EvalOptions(device=args.device, batch_size=args.batch_size, metrics=metrics,
-                                                write_bag=write, storage=args.storage, progress=False),
+                                                write_bag=write, storage=args.storage, progress=False,
+                                                workers=args.workers),
                                engine=engine)
             st = rep["stage_timings_ms"]
             results[name] = {"fps": rep["throughput"]["fps"], "steady_fps": rep["throughput"].get("steady_fps"),
@@ -65,7 +67,8 @@ def main() -> int:
                              "stages_ms": {k: {"median": v["median"], "p99": v["p99"]} for k, v in st.items()}}
     settings = {"size": [640, 480], "variant": engine.variant, "checkpoint": args.checkpoint or "untrained",
                 "device": str(engine.device), "precision": engine.precision, "batch_size": args.batch_size,
-                "frames": args.frames, "storage": args.storage, "torch_threads": __import__("torch").get_num_threads()}
+                "frames": args.frames, "storage": args.storage, "scoring_threads": rep["run"]["scoring_threads"],
+                "torch_threads": __import__("torch").get_num_threads()}
     out = {"name": "bench_bag_eval", "settings": settings,
            "host": {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
                     "load_avg_1m": os.getloadavg()[0]},

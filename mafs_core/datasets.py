@@ -60,6 +60,35 @@ class AugmentConfig:
     brightness: float = 0.0  # factor drawn from [1-b, 1+b]
     contrast: float = 0.0
     saturation: float = 0.0
+    cutmix: float = 0.0  # per-frame probability of a box pasted from another frame of the batch (training step)
+
+
+def cutmix(ir: torch.Tensor, vis: torch.Tensor, label: torch.Tensor, has_label: torch.Tensor, prob: float,
+           generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    """CutMix across a batch (Yun et al., ICCV 2019): with probability `prob` a frame gets a box (a quarter to
+    three quarters of each side) from the next frame of the batch, in IR, VIS and label alike.
+
+    Why: with a few hundred training frames the student learns the teacher only on those scenes; mixed
+    frames put people and cars into new surroundings, and the teacher labels whatever the student sees
+    (distillation is consistent under any input change). A mixed frame counts as labelled only if both
+    sources were. Runs on the batch, after the loader, so it needs no second image per sample.
+    """
+    b, _, h, w = ir.shape
+    if prob <= 0 or b < 2:
+        return ir, vis, label, has_label
+    dev = generator.device if generator is not None else ir.device
+    u = torch.rand(b, 5, generator=generator, device=dev).to(ir.device)
+    ys, xs = torch.arange(h, device=ir.device), torch.arange(w, device=ir.device)
+    bh, bw = ((0.25 + 0.5 * u[:, 0]) * h).long(), ((0.25 + 0.5 * u[:, 1]) * w).long()
+    y0, x0 = (u[:, 2] * (h - bh + 1)).long(), (u[:, 3] * (w - bw + 1)).long()
+    box = (((ys[None] >= y0[:, None]) & (ys[None] < (y0 + bh)[:, None]))[:, :, None]
+           & ((xs[None] >= x0[:, None]) & (xs[None] < (x0 + bw)[:, None]))[:, None, :])
+    box &= (u[:, 4] < prob)[:, None, None]
+    src = torch.roll(torch.arange(b, device=ir.device), -1)
+    m = box[:, None]
+    mixed = box.flatten(1).any(1)
+    has = torch.where(mixed.to(has_label.device), has_label & has_label[src.to(has_label.device)], has_label)
+    return (torch.where(m, ir[src], ir), torch.where(m, vis[src], vis), torch.where(box, label[src], label), has)
 
 
 # --------------------------------------------------------------------------------------------------- layouts

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -131,6 +133,7 @@ class Evaluator:
         self.per_image: list[dict] = []
         self.skipped: list[dict] = []
         self.warnings: dict[str, int] = defaultdict(int)
+        self._warn_lock = threading.Lock()
 
     def skip(self, name: str, reason: str) -> None:
         """Record a frame that could not be evaluated (unreadable file, engine error) without stopping."""
@@ -140,9 +143,11 @@ class Evaluator:
 
     def _warn(self, key: str, msg: str) -> None:
         """Count a recoverable problem; log only its first occurrences so long bag runs stay readable."""
-        self.warnings[key] += 1
-        if self.warnings[key] <= 3:
-            log.warning("%s%s", msg, " (further ones only counted)" if self.warnings[key] == 3 else "")
+        with self._warn_lock:  # scoring may run on several threads (add_many)
+            self.warnings[key] += 1
+            n = self.warnings[key]
+        if n <= 3:
+            log.warning("%s%s", msg, " (further ones only counted)" if n == 3 else "")
 
     def add(self, name: str, ir: np.ndarray, vis_bgr: np.ndarray, result: ResultLike,
             label: np.ndarray | None = None) -> dict[str, Any]:
@@ -151,11 +156,28 @@ class Evaluator:
         A frame that cannot be scored (wrong dtype, sizes that do not match, images too small) is
         recorded under "skipped" and returns {"name", "skipped"}: evaluation of a stream never stops on it.
         """
+        return self._commit(name, result, self._try_score(name, ir, vis_bgr, result, label))
+
+    def add_many(self, frames: Sequence[tuple], pool: Executor | None = None) -> list[dict[str, Any]]:
+        """add(*frame) for each frame. With a thread pool the frames are scored in parallel (OpenCV and NumPy
+        release the GIL; scoring is the slow part of a bag replay) and committed in order, so the report is
+        the same as from one add() at a time."""
+        if pool is None or len(frames) < 2:
+            return [self.add(*f) for f in frames]
+        scored = list(pool.map(lambda f: self._try_score(*f), frames))
+        return [self._commit(f[0], f[3], s) for f, s in zip(frames, scored)]
+
+    def _try_score(self, *frame: Any) -> tuple | ValueError:
         try:
-            record, cm, ir8, vis_bgr, mask = self._score(name, ir, vis_bgr, result, label)
+            return self._score(*frame)
         except ValueError as exc:
-            self.skip(name, str(exc))
-            return {"name": name, "skipped": str(exc)}
+            return exc
+
+    def _commit(self, name: str, result: ResultLike, scored: tuple | ValueError) -> dict[str, Any]:
+        if isinstance(scored, ValueError):
+            self.skip(name, str(scored))
+            return {"name": name, "skipped": str(scored)}
+        record, cm, ir8, vis_bgr, mask = scored
         # Commit only after everything was computed, so a bad frame leaves no partial sums behind.
         cond = record["condition"]
         for key in {None, cond}:

@@ -96,21 +96,21 @@ def scd(ir: np.ndarray, vis: np.ndarray, fused: np.ndarray) -> float:
 
 
 def _gauss_window(n: int) -> np.ndarray:
-    """MATLAB fspecial('gaussian', n, n/5) as in the VIFp reference."""
+    """MATLAB fspecial('gaussian', n, n/5) as in the VIFp reference, as its 1-D factor: the 2-D window is the
+    outer product (the reference zeroes entries below eps * max, none of which exist for n <= 17)."""
     sd = n / 5.0
     r = (n - 1) / 2.0
-    y, x = np.ogrid[-r:r + 1, -r:r + 1]
-    h = np.exp(-(x * x + y * y) / (2 * sd * sd))
-    h[h < np.finfo(h.dtype).eps * h.max()] = 0
+    h = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sd * sd))
     return h / h.sum()
 
 
 def _filter_valid(img: np.ndarray, win: np.ndarray) -> np.ndarray:
-    """convolve2d(img, win, 'valid') for a symmetric window, via OpenCV (much faster than scipy)."""
+    """convolve2d(img, outer(win, win), 'valid') for a symmetric 1-D window, as two OpenCV 1-D passes
+    (separable: about 10x faster than the dense 2-D filter, which made VIF the slowest metric)."""
     r = win.shape[0] // 2
-    if img.shape[0] < win.shape[0] or img.shape[1] < win.shape[1]:
+    if min(img.shape[:2]) < win.shape[0]:
         return np.zeros((0, 0))
-    out = cv2.filter2D(img, cv2.CV_64F, win, borderType=cv2.BORDER_CONSTANT)
+    out = cv2.sepFilter2D(img, cv2.CV_64F, win, win, borderType=cv2.BORDER_CONSTANT)
     return out[r:img.shape[0] - r, r:img.shape[1] - r]
 
 

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from mafs_core.balance import MaxMinFairnessWeighter
-from mafs_core.datasets import AugmentConfig, PairDataset, Record, holdout_split, list_records
+from mafs_core.datasets import AugmentConfig, PairDataset, Record, cutmix, holdout_split, list_records
 from mafs_core.losses import channel_kd, fusion_loss, merge_labels, ohem_ce, pseudo_labels, rec_loss, rgb_to_y
 from mafs_core.masking import mask_pair
 
@@ -87,6 +87,7 @@ class LossConfig:
     w_grad: float = 2.0
     w_ssim: float = 1.0
     salient_weight: float = 2.0
+    w_qabf: float = 0.0  # differentiable 1 - Q^{AB/F} (losses.qabf_loss); 0 leaves it out
     target_classes: list[int] = field(default_factory=lambda: [1, 2])  # teacher classes forming the target mask
     fusion_weight: float = 1.0  # static scale of each task before the dynamic weights
     seg_weight: float = 0.5
@@ -576,6 +577,10 @@ class Trainer:
             images = {"masked_ir": mir, "masked_vis": mvis, "rec_ir": out["rec_ir"], "rec_vis": out["rec_vis"]}
         else:
             label = batch["label"].to(self.device, non_blocking=True)
+            has_label = batch["has_label"]
+            if train and cfg.data.augment.cutmix > 0:
+                ir, vis, label, has_label = cutmix(ir, vis, label, has_label, cfg.data.augment.cutmix,
+                                                   self._mask_generator())
             t_logits = None
             if self.teacher is not None:
                 with torch.no_grad():
@@ -585,9 +590,9 @@ class Trainer:
             vis_y = rgb_to_y(vis)
             tmask = t_logits.softmax(1)[:, lc.target_classes].sum(1, keepdim=True) if t_logits is not None else None
             l_f, parts = fusion_loss(out["fused_y"].float(), ir, vis_y, tmask, lc.w_int, lc.w_grad, lc.w_ssim,
-                                     lc.salient_weight)
+                                     lc.salient_weight, lc.w_qabf)
             if t_logits is not None and cfg.teacher.pseudo_labels:
-                label = merge_labels(label, batch["has_label"], pseudo_labels(t_logits, lc.pseudo_conf))
+                label = merge_labels(label, has_label, pseudo_labels(t_logits, lc.pseudo_conf))
             logits = out["logits"].float()
             l_ce = ohem_ce(logits, label, lc.ohem_thresh, lc.ohem_min_kept)
             l_aux = sum((ohem_ce(a.float(), label, lc.ohem_thresh, lc.ohem_min_kept) for a in out["aux_logits"]),

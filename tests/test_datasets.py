@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from mafs_core.datasets import AugmentConfig, PairDataset, build_dataset, detect_kind, holdout_split, list_records
+from mafs_core.datasets import (
+    AugmentConfig,
+    PairDataset,
+    build_dataset,
+    cutmix,
+    detect_kind,
+    holdout_split,
+    list_records,
+)
 
 H, W = 48, 64
 
@@ -200,3 +208,26 @@ def test_real_msrs_and_roadscene(shared_data: Path) -> None:
     _check_sample(s, 96, 128, labelled=False)
     ds = build_dataset("auto", shared_data / "roadscene", train=True, augment=AugmentConfig(crop=[256, 320]))
     _check_sample(ds[0], 256, 320, labelled=False)  # smaller images are scaled up to cover the crop
+
+
+def test_cutmix_pastes_one_box_in_every_modality_and_label() -> None:
+    b, h, w = 4, 24, 32
+    ir = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, h, w).clone()
+    vis = ir.expand(b, 3, h, w).clone() + 10
+    label = ir[:, 0].long() + 1
+    has = torch.tensor([True, True, False, True])
+    g = torch.Generator().manual_seed(3)
+    mir, mvis, mlab, mhas = cutmix(ir, vis, label, has, 1.0, g)
+    for i in range(b):
+        j = (i + 1) % b
+        box = mir[i, 0] == j
+        area = box.float().mean()
+        assert 0.25 ** 2 - 1e-6 <= area <= 0.75 ** 2 + 1e-6  # a quarter to three quarters of each side
+        rows, cols = box.any(1).nonzero(), box.any(0).nonzero()
+        assert box[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # one rectangle
+        assert torch.equal(mvis[i] == j + 10, box.expand(3, h, w)) and torch.equal(mlab[i] == j + 1, box)
+        assert bool(mhas[i]) == bool(has[i] and has[j])  # labelled only if both sources were
+    assert torch.equal(cutmix(ir, vis, label, has, 0.0, g)[0], ir)  # off: unchanged
+    # replayable from the generator's seed
+    again = cutmix(ir, vis, label, has, 1.0, torch.Generator().manual_seed(3))
+    assert torch.equal(again[0], mir)

@@ -210,3 +210,25 @@ def test_evaluator_skips_bad_frames_without_partial_sums(tmp_path: Path):
     assert rep["num_images"] == 1 and [s["name"] for s in rep["skipped"]] == ["small_fused", "float_vis", "tiny"]
     assert rep["fusion"]["model"] == pytest.approx(good["model"])
     assert rep["segmentation"]["num_labelled"] == 1 and np.sum(rep["segmentation"]["confusion_matrix"]) > 0
+
+
+def test_add_many_on_threads_gives_the_serial_report(tmp_path: Path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = []
+    for i, name in enumerate(["001D", "002N", "003D", "bad", "005N", "006D"]):
+        ir, vis, res, label = _frame(i)
+        if name == "bad":  # wrong-sized output: skipped, in its place in the order
+            res = StandIn(res.fused_bgr[:-1], res.mask[:-1])
+        frames.append((name, ir, vis, res, label))
+    serial = Evaluator(MSRS_CLASSES, baselines=True)
+    for f in frames:
+        serial.add(*f)
+    threaded = Evaluator(MSRS_CLASSES, baselines=True)
+    with ThreadPoolExecutor(3) as pool:
+        records = threaded.add_many(frames[:4], pool) + threaded.add_many(frames[4:], pool)
+    assert [r["name"] for r in records] == [f[0] for f in frames] and "skipped" in records[3]
+    assert threaded.per_image == serial.per_image and threaded.skipped == serial.skipped
+    assert np.array_equal(threaded.cm.mat, serial.cm.mat)
+    a, b = threaded.finish(tmp_path / "a", {}), serial.finish(tmp_path / "b", {})
+    assert a["fusion"] == b["fusion"] and a["segmentation"] == b["segmentation"]

@@ -15,6 +15,7 @@ from mafs_core.losses import (
     merge_labels,
     ohem_ce,
     pseudo_labels,
+    qabf_loss,
     rgb_to_y,
 )
 
@@ -122,3 +123,35 @@ def test_gradients_flow() -> None:
     total.backward()
     for t in (fused, rec_ir, rec_vis, logits):
         assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
+def test_qabf_loss_matches_the_metric_and_its_gradient_raises_qabf(shared_data) -> None:
+    import cv2
+    import numpy as np
+
+    from mafs_core.metrics import qabf
+
+    name = sorted((shared_data / "msrs" / "ir").iterdir())[0].name
+    ir = cv2.imread(str(shared_data / "msrs" / "ir" / name), cv2.IMREAD_GRAYSCALE)
+    vis = cv2.cvtColor(cv2.imread(str(shared_data / "msrs" / "vi" / name)), cv2.COLOR_BGR2YCrCb)[..., 0]
+    t = lambda a: torch.from_numpy(a.astype(np.float32) / 255)[None, None]  # noqa: E731
+    for fused in (np.maximum(ir, vis), ((ir.astype(np.int32) + vis) // 2).astype(np.uint8)):
+        assert 1 - float(qabf_loss(t(fused), t(ir), t(vis))) == pytest.approx(qabf(ir, vis, fused), abs=3e-3)
+    # a few gradient steps from mean fusion raise the real (uint8) metric
+    f = t(((ir.astype(np.int32) + vis) // 2).astype(np.uint8)).requires_grad_(True)
+    opt = torch.optim.Adam([f], lr=5e-3)
+    for _ in range(20):
+        opt.zero_grad()
+        qabf_loss(f, t(ir), t(vis)).backward()
+        opt.step()
+    after = (f.detach().clamp(0, 1)[0, 0].numpy() * 255).round().astype(np.uint8)
+    assert qabf(ir, vis, after) > qabf(ir, vis, ((ir.astype(np.int32) + vis) // 2).astype(np.uint8)) + 0.05
+
+
+def test_fusion_loss_adds_the_qabf_term_only_when_weighted() -> None:
+    g = torch.Generator().manual_seed(0)
+    ir, vis_y, f = (torch.rand(2, 1, 32, 32, generator=g) for _ in range(3))
+    base, parts = fusion_loss(f, ir, vis_y)
+    assert "f_qabf" not in parts
+    total, parts = fusion_loss(f, ir, vis_y, w_qabf=2.0)
+    assert float(total - base) == pytest.approx(2.0 * parts["f_qabf"], rel=1e-5) and 0 < parts["f_qabf"] < 1

@@ -84,7 +84,9 @@ def test_short_real_run_lowers_loss(tmp_path: Path, pairs: Path, stage: str) -> 
 
     joint = stage == "joint"
     cfg_path = _config(tmp_path, pairs, stage, ema=0.9 if joint else 0.0, class_bias_images=2 if joint else 0)
-    summary = train(load_config(cfg_path), command="pytest")
+    # the joint run also takes the optional parts: the Q^{AB/F} fusion term and CutMix batches
+    summary = train(load_config(cfg_path, ["loss.w_qabf=0.5", "data.augment.cutmix=0.5"] if joint else []),
+                    command="pytest")
     run = tmp_path / f"run_{stage}"
     loss = np.array([v for _, v in sorted(_losses(run).items())])
     assert len(loss) == 30 and np.isfinite(loss).all()
@@ -97,6 +99,8 @@ def test_short_real_run_lowers_loss(tmp_path: Path, pairs: Path, stage: str) -> 
     assert meta["training"]["config"]["train"]["stage"] == stage and meta["class_names"][2] == "person"
     assert (run / "state.pt").is_file() and any((run / "tb").iterdir())
     if joint:  # class-bias calibration ran on teacher-labelled frames and is recorded with the weights
+        rows = [json.loads(r) for r in (run / LOSS_LOG).read_text().splitlines()]
+        assert all(0 < r["f_qabf"] < 1 for r in rows)
         fit = meta["training"]["class_bias"]
         assert fit["images"] == 2 and len(fit["bias"]) == 9 and fit["miou_after"] >= fit["miou_before"]
     else:
