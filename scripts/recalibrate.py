@@ -1,7 +1,7 @@
 """Recalibrate a trained checkpoint: BatchNorm statistics ("precise BN") and/or per-class logit offsets.
 
     python scripts/recalibrate.py IN.safetensors OUT.safetensors CONFIG.yaml [key=value ...]
-        [--bn-images N] [--class-bias-images N]
+        [--bn-images N [--bn-modules seg ...]] [--class-bias-images N]
 
 `mafs train` does both itself before exporting (train.precise_bn_images, train.class_bias_images); this
 script applies them to weights trained before those steps existed. Frames come from CONFIG's training
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--bn-images", type=int, default=0, help="frames for precise BN (0 = keep the statistics)")
+    ap.add_argument("--bn-modules", nargs="*", default=[], help="only BN layers under these prefixes (default all)")
     ap.add_argument("--class-bias-images", type=int, default=0, help="frames for the class offsets (0 = off)")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -36,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     training = meta.setdefault("training", {})
     command = " ".join(sys.argv)
     if args.bn_images > 0:
-        used = precise_bn(model, data, args.bn_images, torch.device("cpu"))
-        training["precise_bn"] = {"images": used, "from": args.src, "command": command}
+        used = precise_bn(model, data, args.bn_images, torch.device("cpu"), modules=args.bn_modules)
+        training["precise_bn"] = {"images": used, "modules": args.bn_modules or "all", "from": args.src,
+                                  "command": command}
         print(f"recalibrated BatchNorm on {used} images")
     if args.class_bias_images > 0:
         teacher = None

@@ -54,3 +54,20 @@ def test_running_stats_are_recomputed_from_the_frames() -> None:
     assert (net.bn.running_var < 0.01).all(), "variance of uniform(0.7, 0.9) data, not the stale 9.0"
     for k, v in weights.items():
         assert torch.equal(net.state_dict()[k], v), f"{k} changed"
+
+
+def test_only_the_named_modules_are_recalibrated() -> None:
+    class Two(_Net):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seg = nn.Sequential(nn.BatchNorm2d(3))
+
+        def forward(self, ir: torch.Tensor, vis: torch.Tensor, mode: str = "joint") -> torch.Tensor:
+            return self.seg(self.conv(self.bn(vis)))
+
+    net = Two()
+    for bn in (net.bn, net.seg[0]):
+        bn.running_mean.fill_(-3.0)
+    precise_bn(net, _Frames(), num_images=9, device=torch.device("cpu"), batch_size=3, modules=["seg"])
+    assert (net.bn.running_mean == -3.0).all(), "outside the prefix: kept"
+    assert (net.seg[0].running_mean != -3.0).all(), "under the prefix: re-estimated"

@@ -101,6 +101,14 @@ def test_short_real_run_lowers_loss(tmp_path: Path, pairs: Path, stage: str) -> 
     if joint:  # class-bias calibration ran on teacher-labelled frames and is recorded with the weights
         rows = [json.loads(r) for r in (run / LOSS_LOG).read_text().splitlines()]
         assert all(0 < r["f_qabf"] < 1 for r in rows)
+        # scripts/export_ema.py: the EMA weights of the last checkpoint, as safetensors
+        out = tmp_path / "ema.safetensors"
+        subprocess.run([sys.executable, str(REPO / "scripts" / "export_ema.py"), str(run / "state.pt"), str(out),
+                        "--like", str(run / "final.safetensors")], check=True, cwd=REPO, timeout=120)
+        ema, ema_meta = load_checkpoint(out)
+        state = torch.load(run / "state.pt", map_location="cpu", weights_only=False)
+        assert ema_meta["training"]["steps"] == state["step"]
+        assert torch.equal(ema.state_dict()["seg.head.weight"], state["ema"]["module.seg.head.weight"])
         fit = meta["training"]["class_bias"]
         assert fit["images"] == 2 and len(fit["bias"]) == 9 and fit["miou_after"] >= fit["miou_before"]
     else:
