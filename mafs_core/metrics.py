@@ -106,7 +106,7 @@ def _gauss_window(n: int) -> np.ndarray:
 
 def _filter_valid(img: np.ndarray, win: np.ndarray) -> np.ndarray:
     """convolve2d(img, outer(win, win), 'valid') for a symmetric 1-D window, as two OpenCV 1-D passes
-    (separable: about 10x faster than the dense 2-D filter, which made VIF the slowest metric)."""
+    (separable: VIF of a 640x480 pair 44 -> 25 ms against the dense 2-D filter; VIF is the slowest metric)."""
     r = win.shape[0] // 2
     if min(img.shape[:2]) < win.shape[0]:
         return np.zeros((0, 0))

@@ -27,9 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.state} has no EMA weights (train.ema was 0)")
     model, meta = load_checkpoint(args.like)
     model.load_state_dict({k.removeprefix("module."): v for k, v in st["ema"].items() if k.startswith("module.")})
-    keep = ("variant", "num_classes", "class_names", "palette", "thermal_norm", "config")
-    save_checkpoint(args.out, model, {**{k: v for k, v in meta.items() if k in keep},
-                                      "training": {"ema_of": args.state, "steps": st["step"]}})
+    save_checkpoint(args.out, model, {**meta, "training": {"ema_of": args.state, "steps": st["step"]}})
     print(f"{args.state} (step {st['step']}) -> {args.out}")
     return 0
 
