@@ -34,7 +34,7 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"))
-    ap.add_argument("--workers", type=int, default=0, help="scoring threads (0 = up to 4, one per core)")
+    ap.add_argument("--workers", type=int, default=0, help="scoring threads (0 = one per core, up to 16)")
     ap.add_argument("--no-full", action="store_true", help="skip the run with all fusion metrics")
     args = ap.parse_args()
 

@@ -274,7 +274,7 @@ class EvalOptions:
     storage: str = "mcap"
     limit: int | None = None
     progress: bool = True
-    workers: int = 0  # threads scoring frames in parallel (0 = up to 4, one per CPU core)
+    workers: int = 0  # threads scoring frames in parallel (0 = one per CPU core, up to 16)
 
 
 class _StageTimer:
@@ -419,7 +419,7 @@ def evaluate_bag(bag: str | Path, out: str | Path, thermal_topic: str = THERMAL_
     if opts.limit:
         total = min(total or opts.limit, opts.limit)
     bar = tqdm(total=total, desc="bag eval", unit="pair", disable=not opts.progress)
-    workers = opts.workers or min(4, os.cpu_count() or 1)
+    workers = opts.workers or min(16, os.cpu_count() or 1)
     scorers = ThreadPoolExecutor(workers, thread_name_prefix="bag-eval-score") if workers > 1 else None
     # Scoring and bag writing run on one sink thread while the main thread reads and runs the next batch:
     # on a GPU they, not the network, set the pace. At most two batches wait, so memory stays bounded.
@@ -581,7 +581,7 @@ def register(subparsers, registry: dict) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--limit", type=int, help="stop after N pairs")
-    p.add_argument("--workers", type=int, default=0, help="threads scoring frames (default: up to 4, one per core)")
+    p.add_argument("--workers", type=int, default=0, help="threads scoring frames (default: one per core, up to 16)")
     p.add_argument("--metrics", default="all",
                    help="comma-separated fusion metrics (EN,SD,SF,AG,MI,SCD,VIF,Qabf,SSIM), 'all', or '' for none")
     p.set_defaults(func=_cmd_eval)

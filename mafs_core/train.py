@@ -155,6 +155,7 @@ class RunConfig:
     precise_bn_images: int = 64  # re-estimate BN statistics on this many un-augmented training images before export
     precise_bn_modules: list[str] = field(default_factory=list)  # only BN layers under these prefixes ([] = all)
     class_bias_images: int = 0  # joint stage: fit per-class logit offsets on this many training frames (calibrate.py)
+    trainable: list[str] = field(default_factory=list)  # train only modules under these prefixes ([] = all)
 
 
 @dataclass
@@ -343,6 +344,28 @@ def precise_bn(model: nn.Module, dataset: PairDataset, num_images: int, device: 
     return used
 
 
+def _freeze_outside(model: nn.Module, trainable: Sequence[str]) -> list[nn.Module]:
+    """Freeze every parameter outside the `trainable` module prefixes; return the frozen leaf modules.
+
+    Why: fine-tuning one head (e.g. `fusion` on new data) must leave the other task bit-identical, BN statistics
+    included, so the caller keeps those leaves in eval mode.
+    """
+    if not trainable:
+        return []
+
+    def inside(name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in trainable)
+
+    names = [n for n, _ in model.named_modules()]
+    unknown = [p for p in trainable if p not in names]
+    if unknown:
+        raise ValueError(f"train.trainable: no module named {unknown}; top-level modules: "
+                         f"{[n for n, _ in model.named_children()]}")
+    for name, p in model.named_parameters():
+        p.requires_grad_(inside(name.rsplit(".", 1)[0]))
+    return [m for n, m in model.named_modules() if not inside(n) and not any(True for _ in m.children())]
+
+
 def _lr_lambda(cfg: OptimConfig, total: int):
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -477,6 +500,7 @@ class Trainer:
         if t.init_from:
             _load_init(self.model, t.init_from, strict=t.init_strict)
         self.model.to(self.device)
+        self.frozen = _freeze_outside(self.model, t.trainable)
         self.ema = None
         if t.ema > 0:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -488,8 +512,9 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
-        decay = [p for n, p in self.model.named_parameters() if p.ndim > 1]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim <= 1]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
         o = cfg.optim
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas))
@@ -631,6 +656,8 @@ class Trainer:
 
     def train_step(self, batch: dict) -> dict:
         self.net.train()
+        for m in self.frozen:  # frozen layers run as at inference: their BN statistics must not drift
+            m.eval()
         o = self.compute(batch)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(o.loss).backward()

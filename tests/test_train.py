@@ -127,6 +127,27 @@ def test_time_limit_stops_early_and_still_exports(tmp_path: Path, pairs: Path) -
     assert load_checkpoint(tmp_path / "run_mae" / "final.safetensors")[1]["training"]["steps"] == steps
 
 
+@pytest.mark.timeout(240)
+def test_trainable_prefixes_leave_the_rest_bit_identical(tmp_path: Path, pairs: Path) -> None:
+    """train.trainable=[fusion]: the fusion head learns; every other tensor, BN statistics included, is unchanged."""
+    from mafs_core.checkpoint import load_checkpoint, save_checkpoint
+    from mafs_core.model import build_model
+
+    torch.manual_seed(0)
+    init = tmp_path / "init.safetensors"
+    save_checkpoint(init, build_model("mafs_t", num_classes=9))
+    before = load_checkpoint(init)[0].state_dict()
+    cfg = _config(tmp_path, pairs, "joint", steps=6, init_from=str(init), trainable=["fusion"],
+                  precise_bn_images=0)
+    train(load_config(cfg), command="pytest")
+    after = load_checkpoint(tmp_path / "run_joint" / "final.safetensors")[0].state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("fusion.") for k in changed), sorted(changed)[:5]
+    assert any(k.startswith("fusion.") and "running" not in k for k in changed), "the fusion weights learnt"
+    with pytest.raises(ValueError, match=r"train.trainable: no module named \['fusoin'\]"):
+        train(load_config(cfg, ["train.trainable=[fusoin]"]), command="pytest")
+
+
 def _popen(cfg: Path, *overrides: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mafs_core.train", str(cfg), "train.threads=1", *overrides, "--resume"]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
