@@ -363,7 +363,7 @@ def _freeze_outside(model: nn.Module, trainable: Sequence[str]) -> list[nn.Modul
                          f"{[n for n, _ in model.named_children()]}")
     for name, p in model.named_parameters():
         p.requires_grad_(inside(name.rsplit(".", 1)[0]))
-    return [m for n, m in model.named_modules() if not inside(n) and not any(True for _ in m.children())]
+    return [m for n, m in model.named_modules() if not inside(n) and next(m.children(), None) is None]
 
 
 def _lr_lambda(cfg: OptimConfig, total: int):
