@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One prepared call on a lent GPU (H100/H200), about 8 minutes: `bag eval` throughput with mafs_s (alone on
-# the GPU), then the GPU tests and a training burst of three full-resolution Stage II fine-tunes of the shipped
-# mafs_t sharing the GPU (each is launch-bound, so they interleave):
-#   mafs_t_a  the docs/training.md "Next step" recipe: whole 480x640 frames, w_grad 4, w_qabf 3, CutMix 0.5
-#   mafs_t_b  the same with a wider scale range (0.5-2.0) and seg weight 2: persons at more sizes
+# One prepared call on a lent GPU (H100/H200), about 7 minutes (386 s on an H200): `bag eval` throughput with
+# mafs_s (alone on the GPU), then the GPU tests and a training burst of three full-resolution Stage II fine-tunes
+# of the shipped mafs_t sharing the GPU:
+#   mafs_t_a  whole 480x640 frames, scale 0.8-1.5, w_grad 4, w_qabf 3, CutMix 0.5, seg weight 1
+#   mafs_t_b  the same with scale 0.5-2.0 and seg weight 2: persons at more sizes (the shipped weights' run)
 #   mafs_t_c  the same as a with stronger distillation (kd_weight 3) and pseudo-labels from confidence 0.3
 # Each ends with precise BN of the segmentation decoder and class-bias calibration (as the shipped weights).
 # Results under $OUT: the three exported .safetensors and results.tgz (logs, losses, benchmark JSON, tests).
