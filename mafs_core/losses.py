@@ -14,6 +14,8 @@ import kornia
 import torch
 import torch.nn.functional as F
 
+from mafs_core.metrics import QABF_SIGMOID
+
 IGNORE_INDEX = 255
 
 
@@ -94,7 +96,7 @@ def qabf_loss(fused_y: torch.Tensor, ir: torch.Tensor, vis_y: torch.Tensor, eps:
     constants as `metrics.qabf`; the strength ratio is min/max (the reference's quirk at exact equality is
     dropped). No library ships a differentiable Q^{AB/F}, hence this one.
     """
-    tg, kg, dg, ta, ka, da = 0.9994, -15.0, 0.5, 0.9879, -22.0, 0.8
+    tg, kg, dg, ta, ka, da = QABF_SIGMOID
     gf, af = _sobel_strength_orientation(fused_y)
     num = den = 0.0
     for src in (ir, vis_y):

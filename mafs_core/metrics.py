@@ -174,8 +174,13 @@ def _edge_strength_orientation(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return g, a
 
 
+# Sigmoid constants of Xydeas & Petrovic (strength: Gamma, kappa, sigma; orientation: the same), shared with
+# the differentiable losses.qabf_loss.
+QABF_SIGMOID = (0.9994, -15.0, 0.5, 0.9879, -22.0, 0.8)
+
+
 def _qaf(ga: np.ndarray, aa: np.ndarray, gf: np.ndarray, af: np.ndarray) -> np.ndarray:
-    tg, kg, dg, ta, ka, da = 0.9994, -15.0, 0.5, 0.9879, -22.0, 0.8
+    tg, kg, dg, ta, ka, da = QABF_SIGMOID
     # Relative strength, as in the reference including its quirk that equal strengths give gF (not 1);
     # Sobel magnitudes of integer images are 0 or >= 1, so the sigmoid saturates either way.
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -292,6 +292,11 @@ def calibration_frames(cfg: TrainConfig, records: list[Record] | None = None) ->
 
 
 # ------------------------------------------------------------------------------------------------- helpers
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    """Whether module `name` is one of `prefixes` or inside one (`seg` covers `seg.head`, not `segx`)."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
 @torch.no_grad()
 def precise_bn(model: nn.Module, dataset: PairDataset, num_images: int, device: torch.device, mode: str = "joint",
                batch_size: int = 4, modules: Sequence[str] = ()) -> int:
@@ -307,7 +312,7 @@ def precise_bn(model: nn.Module, dataset: PairDataset, num_images: int, device: 
     0.551 -> 0.594 (all layers: 0.369), docs/training.md.
     """
     bns = [m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-           and (not modules or any(name == p or name.startswith(p + ".") for p in modules))]
+           and (not modules or _under(name, modules))]
     if not bns or num_images <= 0:
         return 0
     momenta = [bn.momentum for bn in bns]
@@ -352,18 +357,14 @@ def _freeze_outside(model: nn.Module, trainable: Sequence[str]) -> list[nn.Modul
     """
     if not trainable:
         return []
-
-    def inside(name: str) -> bool:
-        return any(name == p or name.startswith(p + ".") for p in trainable)
-
-    names = [n for n, _ in model.named_modules()]
-    unknown = [p for p in trainable if p not in names]
+    modules = dict(model.named_modules())
+    unknown = [p for p in trainable if p not in modules]
     if unknown:
         raise ValueError(f"train.trainable: no module named {unknown}; top-level modules: "
                          f"{[n for n, _ in model.named_children()]}")
     for name, p in model.named_parameters():
-        p.requires_grad_(inside(name.rsplit(".", 1)[0]))
-    return [m for n, m in model.named_modules() if not inside(n) and next(m.children(), None) is None]
+        p.requires_grad_(_under(name.rsplit(".", 1)[0], trainable))
+    return [m for n, m in modules.items() if not _under(n, trainable) and next(m.children(), None) is None]
 
 
 def _lr_lambda(cfg: OptimConfig, total: int):
