@@ -30,6 +30,7 @@ setup(
             "mafs_node = mafs_ros.node:main",
             "mafs-node = mafs_ros.node:main",
             "mafs = mafs_ros.cli:main",
+            "mafs_wait_active = mafs_ros.lifecycle_wait:main",
         ],
     },
 )

@@ -8,6 +8,12 @@ engine's `total`, measured per frame by the node and read from /diagnostics; plu
 p50 latency minus the engine p50), drop rate, and the node process's CPU %. Without --checkpoint an
 untrained --variant (default mafs_t) is used (speed does not depend on the weights). Writes
 benchmarks/results/bench_node.json.
+
+DDS: single host (loopback discovery), with the shipped shared-memory profile (config/fastdds_shm.xml)
+or, with --dds-profile none, Fast DDS's defaults; `received` (messages that reached the node's
+callbacks, from /diagnostics) against `pairs_sent` is what the transport delivered, whatever the engine
+keeps up with. --input-width/--input-height shrink the network's input so that a large camera size
+measures the transport rather than the CPU.
 """
 
 from __future__ import annotations
@@ -106,9 +112,15 @@ def main() -> int:
     ap.add_argument("--checkpoint", default=None, help="default: an untrained --variant")
     ap.add_argument("--variant", default="mafs_t", help="network when no --checkpoint is given")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--dds-profile", choices=("shm", "none"), default="shm",
+                    help="shm: config/fastdds_shm.xml (default); none: Fast DDS defaults (both loopback only)")
+    ap.add_argument("--input-width", type=int, default=0, help="network input width (0 = the image's)")
+    ap.add_argument("--input-height", type=int, default=0, help="network input height (0 = the image's)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_node.json"))
     args = ap.parse_args()
     configure_ros_env(domain_id=unique_domain_id(), log_dir=REPO / "build" / "ros_log")
+    if args.dds_profile == "none":  # still loopback only (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST)
+        os.environ.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
 
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -118,8 +130,9 @@ def main() -> int:
 
     from mafs_ros.diagnostics import to_dict
 
-    node_args = ["--ros-args", "-r", f"__ns:={NS}", "-p", f"model.device:={args.device}",
-                 "-p", "model.warmup_iterations:=3",
+    node_args = ["--local", "--ros-args", "-r", f"__ns:={NS}", "-p", f"model.device:={args.device}",
+                 "-p", "model.warmup_iterations:=3", "-p", f"model.input_width:={args.input_width}",
+                 "-p", f"model.input_height:={args.input_height}",
                  "-p", "diagnostics.period:=1.0", "--log-level", "warn"]
     if args.checkpoint:
         node_args += ["-p", f"model.checkpoint:={Path(args.checkpoint).resolve()}"]
@@ -177,9 +190,14 @@ def main() -> int:
         "name": "bench_node",
         "settings": {"size": [args.width, args.height], "rate_hz": args.rate, "duration_s": args.duration,
                      "checkpoint": args.checkpoint or f"untrained {args.variant}", "device": d.get("device"),
-                     "precision": d.get("precision"), "sync_backend": d.get("sync_backend")},
+                     "precision": d.get("precision"), "sync_backend": d.get("sync_backend"),
+                     "dds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "none (Fast DDS defaults)"),
+                     "network_input": [args.input_width, args.input_height] if args.input_width else "image size"},
         "host": {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
         "pairs_sent": sent,
+        "received": {"thermal": int(d.get("received.thermal", 0)), "rgb": int(d.get("received.rgb", 0))},
+        "delivery_ms": {"p50": float(d.get("input_ms.p50", "nan")), "p99": float(d.get("input_ms.p99", "nan")),
+                        "note": "RGB stamp to pairing in the node: DDS transport + callback"},
         "outputs": int(lat.size),
         "drop_rate": 1 - lat.size / sent if sent else None,
         "latency_ms": {"p50": float(np.median(lat)), "p99": float(np.percentile(lat, 99)), "max": float(lat.max())}
@@ -202,14 +220,16 @@ def main() -> int:
     out.write_text(json.dumps(result, indent=2))
     print(f"{'metric':34s} value")
     rows = [("device / precision", f"{d.get('device')} / {d.get('precision')}"),
-            ("pairs sent / outputs", f"{sent} / {lat.size}"), ("drop rate", f"{result['drop_rate']:.1%}"),
-            ("latency p50 / p99 (ms)", f"{np.median(lat):.1f} / {np.percentile(lat, 99):.1f}"),
+            ("pairs sent / outputs", f"{sent} / {lat.size}"), ("drop rate", f"{result['drop_rate'] or 0:.1%}"),
+            ("received thermal / rgb", f"{result['received']['thermal']} / {result['received']['rgb']}"),
+            ("DDS delivery p50 / p99 (ms)", f"{result['delivery_ms']['p50']:.1f} / {result['delivery_ms']['p99']:.1f}"),
+            ("latency p50 / p99 (ms)", f"{np.median(lat):.1f} / {np.percentile(lat, 99):.1f}" if lat.size else "-"),
             ("engine total p50 / p99 (ms)", f"{engine_p50:.1f} / {result['engine_total_ms']['p99']:.1f}"),
             ("node overhead p50 / p99 (ms)", f"{result['node_overhead_ms']['p50']:.2f} / "
                                              f"{result['node_overhead_ms']['p99']:.2f}"),
             ("node's own time p50 / p99 (ms)", f"{result['node_own_ms']['p50']:.2f} / "
                                                f"{result['node_own_ms']['p99']:.2f}"),
-            ("receiver-side overhead p50 (ms)", f"{result['receiver_overhead_ms_p50']:.2f}"),
+            ("receiver-side overhead p50 (ms)", f"{result['receiver_overhead_ms_p50'] or float('nan'):.2f}"),
             ("node CPU %", f"{cpu:.0f}")]
     rows += [(f"  stage {k} p50 (ms)", f"{v:.2f}") for k, v in result["node_stage_ms_p50"].items()]
     for k, v in rows:

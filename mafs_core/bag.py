@@ -481,7 +481,8 @@ def evaluate_bag(bag: str | Path, out: str | Path, thermal_topic: str = THERMAL_
     run = {"bag": str(bag), "thermal_topic": thermal_topic, "rgb_topic": rgb_topic, "label_topic": label_topic,
            "labels_dir": str(label_dir) if label_dir else None, "label_mode": opts.label_mode,
            "checkpoint": f"random-init {opts.random_init}" if opts.random_init else str(opts.checkpoint or "default"),
-           "variant": engine.variant, "device": str(engine.device), "precision": str(engine.precision),
+           "model": engine.describe(), "variant": engine.variant, "device": str(engine.device),
+           "precision": str(engine.precision),
            "batch_size": opts.batch_size, "scoring_threads": workers}
     report = evaluator.finish(out, run)
     report["pairing"] = stats.to_dict()

@@ -61,6 +61,7 @@ class AugmentConfig:
     contrast: float = 0.0
     saturation: float = 0.0
     cutmix: float = 0.0  # per-frame probability of a box pasted from another frame of the batch (training step)
+    class_crop: float = 0.0  # probability that a crop is centred on a pixel of a class drawn among those present
 
 
 def cutmix(ir: torch.Tensor, vis: torch.Tensor, label: torch.Tensor, has_label: torch.Tensor, prob: float,
@@ -154,14 +155,61 @@ def list_records(kind: str, root: str | Path, split: str = "train") -> list[Reco
     return [Record(p.name, p.ir, p.vis, p.label) for p in pairs]
 
 
-def holdout_split(records: Sequence[Record], every: int, subset: str) -> list[Record]:
-    """Deterministic validation hold-out: every `every`-th record (by sorted name) is validation."""
-    if every <= 0 or subset == "all":
+def read_names(path: str | Path) -> set[str]:
+    """A split file: one image name (stem) per line, `#` comments; the committed validation split uses it."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"split file not found: {p}")
+    names = {line.split("#", 1)[0].strip() for line in p.read_text().splitlines()}
+    names.discard("")
+    if not names:
+        raise ValueError(f"split file {p} lists no names")
+    return {Path(n).stem for n in names}
+
+
+def holdout_split(records: Sequence[Record], every: int, subset: str,
+                  names: set[str] | None = None) -> list[Record]:
+    """Deterministic validation hold-out: every `every`-th record (by sorted name) is validation, and so is
+    every record whose name is in `names` (a committed split file, see read_names)."""
+    if (every <= 0 and not names) or subset == "all":
         return list(records)
     if subset not in ("train", "val"):
         raise ValueError(f"holdout subset must be 'train', 'val' or 'all', got {subset!r}")
     keep_val = subset == "val"
-    return [r for i, r in enumerate(records) if (i % every == every - 1) == keep_val]
+    names = names or set()
+    return [r for i, r in enumerate(records)
+            if ((every > 0 and i % every == every - 1) or Path(r.name).stem in names) == keep_val]
+
+
+def repeat_factors(records: Sequence[Record], num_classes: int, threshold: float,
+                   ignore_index: int = IGNORE_INDEX) -> list[int]:
+    """Repeat-factor sampling (Gupta et al., LVIS, CVPR 2019): an image is repeated
+    r = max(1, max_c sqrt(t / f_c)) times over the classes c it shows, f_c = share of labelled images showing c.
+
+    Why: on MSRS guardrail is in 7 of 247 frames and bump in 16; uniform sampling shows them a few times per
+    epoch and their IoU collapses. Rounded to whole repeats so the epoch stays a plain list. Class 0 and
+    unlabelled records count as 1.
+    """
+    present: list[np.ndarray | None] = []
+    for r in records:
+        if r.label is None:
+            present.append(None)
+            continue
+        lab = read_label(r.label)
+        counts = np.bincount(lab[lab != ignore_index].ravel(), minlength=num_classes)[:num_classes]
+        present.append(counts > 0)
+    labelled = [p for p in present if p is not None]
+    if not labelled or threshold <= 0:
+        return [1] * len(records)
+    freq = np.mean(labelled, axis=0)
+    out = []
+    for p in present:
+        if p is None or not p[1:].any():
+            out.append(1)
+            continue
+        r = max(1.0, float(np.max(np.sqrt(threshold / freq[1:][p[1:]]))))
+        out.append(round(r))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- dataset
@@ -257,6 +305,8 @@ class PairDataset(Dataset):
                 ch, cw = a.crop
                 y0 = int(rng.integers(0, ir.shape[0] - ch + 1))
                 x0 = int(rng.integers(0, ir.shape[1] - cw + 1))
+                if has_label and a.class_crop > 0 and rng.random() < a.class_crop:
+                    y0, x0 = _class_crop(label, ch, cw, rng, self.ignore_index, (y0, x0))
                 ir, vis, label = (t[y0:y0 + ch, x0:x0 + cw] for t in (ir, vis, label))
             if a.hflip and rng.random() < 0.5:
                 ir, vis, label = ir[:, ::-1], vis[:, ::-1], label[:, ::-1]
@@ -270,6 +320,23 @@ class PairDataset(Dataset):
             vis_t = KE.adjust_saturation(vis_t, jitter[2]).clamp(0.0, 1.0)
         return {"ir": ir_t, "vis": vis_t, "label": torch.from_numpy(np.ascontiguousarray(label)),
                 "has_label": torch.tensor(has_label), "name": rec.name}
+
+
+def _class_crop(label: np.ndarray, ch: int, cw: int, rng: np.random.Generator, ignore_index: int,
+                fallback: tuple[int, int]) -> tuple[int, int]:
+    """Top-left corner of a crop centred (as far as the frame allows) on a random pixel of a class drawn
+    uniformly among the foreground classes present: thin, rare classes (bump, guardrail, cone) then fill
+    crops as often as cars do (class-balanced cropping, as in the rare-class sampling of DAFormer, Hoyer et al.
+    CVPR 2022)."""
+    classes = [c for c in np.unique(label) if c not in (0, ignore_index)]
+    if not classes:
+        return fallback
+    c = classes[int(rng.integers(len(classes)))]
+    ys, xs = np.nonzero(label == c)
+    k = int(rng.integers(len(ys)))
+    y0 = int(np.clip(ys[k] - ch // 2, 0, label.shape[0] - ch))
+    x0 = int(np.clip(xs[k] - cw // 2, 0, label.shape[1] - cw))
+    return y0, x0
 
 
 def _resize(ir: np.ndarray, vis: np.ndarray, label: np.ndarray, size: tuple[int, int]):

@@ -12,6 +12,7 @@ Not thread-safe by design (CUDA graph buffers are shared); a lock serialises con
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 import time
 import warnings
@@ -36,6 +37,7 @@ from mafs_core.preprocess import (
     visible_to_rgb,
 )
 
+log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BACKENDS = ("torch", "onnxruntime")
 
@@ -257,12 +259,14 @@ class FusionSegmenter:
         config = EngineConfig(device=device, precision=precision, **config_overrides)
         if config.backend == "onnxruntime":
             return cls(None, {}, config)
-        if path is None:
-            from mafs_core.weights import default_checkpoint
+        why = "given"
+        if path is None:  # mafs_s on CUDA, mafs_t on the CPU (mafs_core.weights.DEVICE_DEFAULTS)
+            from mafs_core.weights import default_for_device
 
-            path = default_checkpoint()
+            path, why = default_for_device(resolve_device(device).type)
+            log.info("%s: %s", why, path)
         model, meta = load_checkpoint(path, device="cpu", allow_pickle=allow_pickle)
-        meta["checkpoint_path"] = str(path)
+        meta["checkpoint_path"], meta["checkpoint_choice"] = str(path), why
         return cls(model, meta, config, _owns_model=True)
 
     @classmethod
@@ -527,6 +531,13 @@ class FusionSegmenter:
         with self._lock, torch.inference_mode():
             fused, ids = self._forward(ir, vis)
             return fused.float().clone(), ids.clone()
+
+    def describe(self) -> str:
+        """One line for logs: variant, device, precision, and which checkpoint and why (the default per device)."""
+        where = self.metadata.get("checkpoint_path")
+        why = self.metadata.get("checkpoint_choice")
+        src = f"{where} ({why})" if where and why and why != "given" else (where or self.backend)
+        return f"{self.variant} on {self.device} ({self.precision}) from {src}"
 
     def with_config(self, **changes: Any) -> FusionSegmenter:
         """A new engine with the same weights and some settings changed."""

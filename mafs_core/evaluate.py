@@ -125,6 +125,7 @@ class Evaluator:
             self.cm = ConfusionMatrix(len(self.class_names), ignore_index=255)
         self.num_images = 0
         self.num_labelled = 0
+        self.teacher_cm: ConfusionMatrix | None = None  # --baseline-teacher: the teacher on the same frames
         self._sums: dict[tuple[str | None, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self._counts: dict[str | None, int] = defaultdict(int)
         self._pred_pixels = np.zeros(len(self.class_names), np.int64)
@@ -238,6 +239,17 @@ class Evaluator:
                     record[f"iou_{self.label_mode.class_name}"] = float(cm.iou()[1])
         return record, cm, ir8, vis_bgr, mask
 
+    def add_teacher(self, mask: np.ndarray, label: np.ndarray) -> None:
+        """Score a baseline segmenter's mask (the MFNet teacher) against the same label, in the same mode."""
+        label = label if label.ndim == 2 else label[..., 0]
+        if label.shape != mask.shape:
+            return  # add() counts the mismatch once for the frame
+        pred, gt = binary_masks(mask, label, self.label_mode.class_id) if self.label_mode.kind == "binary" \
+            else (mask, label)
+        if self.teacher_cm is None:
+            self.teacher_cm = ConfusionMatrix(self.cm.num_classes, ignore_index=self.cm.ignore_index)
+        self.teacher_cm.update(pred, gt)
+
     def _keep_sample(self, name: str, cond: str | None, ir8: np.ndarray, vis_bgr: np.ndarray,
                      result: ResultLike, mask: np.ndarray) -> None:
         """First num_samples frames of each condition (day / night / other): bounded, and the grid can mix them."""
@@ -286,6 +298,9 @@ class Evaluator:
             if self.cm.invalid_predictions:
                 self.warnings["invalid_predicted_ids"] = self.cm.invalid_predictions
             rep["segmentation"] = seg
+            if self.teacher_cm is not None and self.teacher_cm.mat.sum():
+                rep["segmentation_teacher"] = {"label_mode": str(self.label_mode),
+                                               **self.teacher_cm.to_dict(self.seg_names)}
         if self._timings:
             rep["timings_ms"] = {k: _stats(v) for k, v in self._timings.items()}
         rep["warnings"] = dict(self.warnings)
@@ -344,6 +359,9 @@ def register(subparsers: argparse._SubParsersAction, registry: dict) -> None:
     p.add_argument("--warmup", type=int, help="engine warm-up passes before timing (default: the engine's)")
     p.add_argument("--limit", type=int, help="evaluate only the first N pairs")
     p.add_argument("--baselines", action="store_true", help="also score pixel-max and mean fusion")
+    p.add_argument("--baseline-teacher", nargs="?", const="default", metavar="PTH",
+                   help="also score the MFNet teacher's segmentation on the same frames (needs --labels; default "
+                        "$MAFS_DATA_ROOT or ../shared/data, then teachers/mfnet/mfnet_final.pth)")
     p.add_argument("--samples", type=int, default=6, help="rows in samples.png")
     p.add_argument("--save-fused", action="store_true",
                    help="also write OUT/fused/NAME.png (fused BGR) and OUT/mask/NAME.png (class ids)")
@@ -380,6 +398,13 @@ def run_eval(args: argparse.Namespace) -> int:
         return 2
     ev = Evaluator(engine.class_names, engine.palette, label_mode=mode, baselines=args.baselines,
                    num_samples=args.samples)
+    teacher = None
+    if args.baseline_teacher:
+        try:
+            teacher = _load_teacher(args.baseline_teacher, engine)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}")
+            return 2
     if args.labels is not None:
         missing = sum(p.label is None for p in pairs)
         if missing:
@@ -393,6 +418,8 @@ def run_eval(args: argparse.Namespace) -> int:
             continue
         result = engine.run(ir, vis, rgb_encoding="bgr8", want_color=False, want_overlay=True)
         ev.add(pair.name, ir, vis, result, label)
+        if teacher is not None and label is not None:
+            ev.add_teacher(teacher.mask(ir, vis), label)
         if args.save_fused:
             for sub, img in (("fused", result.fused_bgr), ("mask", result.mask)):
                 (args.out / sub).mkdir(parents=True, exist_ok=True)
@@ -400,11 +427,29 @@ def run_eval(args: argparse.Namespace) -> int:
     run = {"ir_dir": str(args.ir), "vis_dir": str(args.vis),
            "labels_dir": str(args.labels) if args.labels else None, "label_mode": str(mode),
            "checkpoint": f"random-init {args.random_init}" if args.random_init else str(args.checkpoint or "default"),
-           "variant": engine.variant, "device": str(engine.device), "precision": str(engine.precision)}
+           "model": engine.describe(), "variant": engine.variant, "device": str(engine.device),
+           "precision": str(engine.precision)}
     rep = ev.finish(args.out, run)
     engine.release()
     _print_summary(rep, args.out)
     return 0
+
+
+def _load_teacher(spec: str, engine: Any) -> Any:
+    """The MFNet teacher for --baseline-teacher; only for models with its 9 MSRS classes."""
+    import os
+
+    from mafs_core.teacher import DEFAULT_TEACHER, MFNET_NUM_CLASSES, TeacherSegmenter
+
+    if engine.num_classes != MFNET_NUM_CLASSES:
+        raise ValueError(f"--baseline-teacher compares against MFNet's {MFNET_NUM_CLASSES} MSRS classes; "
+                         f"this model has {engine.num_classes}")
+    if spec == "default":
+        root = Path(os.environ.get("MAFS_DATA_ROOT") or Path(__file__).resolve().parent.parent.parent / "shared"
+                    / "data")
+        spec = str(root / DEFAULT_TEACHER)
+    mode = (engine.metadata.get("thermal_norm") or {}).get("mode", "minmax")
+    return TeacherSegmenter.load(spec, device=engine.device, thermal_norm=mode)
 
 
 def _print_summary(rep: dict, out: Path) -> None:
@@ -418,3 +463,8 @@ def _print_summary(rep: dict, out: Path) -> None:
 
         head = f"{seg['headline']['name']}={f(seg['headline']['value'])}  " if seg.get("headline") else ""
         print(f"  segmentation ({seg['label_mode']}): {head}mIoU={f(seg['miou'])}  acc={f(seg['pixel_accuracy'])}")
+        t = rep.get("segmentation_teacher")
+        if t:
+            print(f"  teacher (same frames): mIoU={f(t['miou'])}  acc={f(t['pixel_accuracy'])}")
+            print("  " + "  ".join(f"{n}={f(seg['iou'][n])}/{f(t['iou'][n])}" for n in seg["class_names"])
+                  + "   (model/teacher IoU)")

@@ -94,8 +94,10 @@ def make_engine(args: argparse.Namespace):
     if args.random_init and args.backend == "torch":
         return FusionSegmenter.from_variant(args.variant, num_classes=args.num_classes, seed=args.seed,
                                             device=args.device, precision=args.precision, **kw)
-    return FusionSegmenter.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
-                                           allow_pickle=args.allow_pickle, **kw)
+    engine = FusionSegmenter.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
+                                             allow_pickle=args.allow_pickle, **kw)
+    print(f"model: {engine.describe()}", file=sys.stderr)
+    return engine
 
 
 def cmd_infer(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ Stage II : `fusion_loss` (salience-weighted intensity toward max(IR, Y), gradien
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import kornia
 import torch
@@ -110,18 +111,48 @@ def qabf_loss(fused_y: torch.Tensor, ir: torch.Tensor, vis_y: torch.Tensor, eps:
 
 
 def ohem_ce(logits: torch.Tensor, target: torch.Tensor, thresh: float = 0.7, min_kept: int = 10000,
-            ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+            ignore_index: int = IGNORE_INDEX, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Online hard example mining cross-entropy: mean CE over pixels whose true-class probability is below
-    `thresh`, but at least the `min_kept` hardest valid pixels. Zero (with grad) if no pixel is labelled."""
+    `thresh`, but at least the `min_kept` hardest valid pixels. Zero (with grad) if no pixel is labelled.
+
+    `weight` [C] scales each kept pixel's CE by its true class's weight, normalised by the kept weights (as
+    torch's weighted CE is): hard pixels are chosen by their unweighted CE, so the weights change what the
+    kept pixels count for, not which are kept."""
     pix = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none").flatten()
-    valid = target.flatten() != ignore_index
-    pix = pix[valid]
+    tgt = target.flatten()
+    valid = tgt != ignore_index
+    pix, tgt = pix[valid], tgt[valid]
     n = pix.numel()
     if n == 0:
         return logits.sum() * 0.0
     hard = pix > -math.log(thresh)
     n_keep = min(n, max(min_kept, int(hard.sum())))
-    return pix.topk(n_keep, sorted=False).values.mean()
+    kept, idx = pix.topk(n_keep, sorted=False)
+    if weight is None:
+        return kept.mean()
+    w = weight.to(kept.device, kept.dtype)[tgt[idx]]
+    return (kept * w).sum() / w.sum().clamp_min(1e-12)
+
+
+def class_weights(pixel_counts: Sequence[float], scheme: str, max_ratio: float = 10.0) -> torch.Tensor:
+    """Per-class CE weights from the training labels' pixel counts.
+
+    `sqrt_inv`: w_c proportional to 1/sqrt(f_c), capped at `max_ratio` x the smallest weight, then scaled so
+    that the pixel-weighted mean is 1 (the loss keeps its scale). Square root and cap because plain inverse
+    frequency (x900 for guardrail against background on MSRS) turns every thin class into false positives;
+    the class-bias calibration before export then sets the final decision thresholds (docs/training.md).
+    Classes absent from the labels get the largest weight. `none`: all ones.
+    """
+    c = torch.as_tensor(pixel_counts, dtype=torch.float64)
+    if scheme == "none":
+        return torch.ones(len(c), dtype=torch.float32)
+    if scheme != "sqrt_inv":
+        raise ValueError(f"class weighting must be 'none' or 'sqrt_inv', got {scheme!r}")
+    f = c / c.sum().clamp_min(1)
+    w = torch.where(f > 0, f.clamp_min(1e-12).rsqrt(), torch.tensor(float("inf"), dtype=torch.float64))
+    w = torch.minimum(w, w.min() * max_ratio)
+    w = w / (w * f).sum().clamp_min(1e-12) if (f > 0).any() else w
+    return w.float()
 
 
 def channel_kd(student: torch.Tensor, teacher: torch.Tensor, tau: float = 4.0) -> torch.Tensor:

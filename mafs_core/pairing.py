@@ -9,6 +9,12 @@ so the node behaves the same whether or not message_filters is installed:
   difference is strictly less than ``slop`` both items are emitted and removed;
 - unmatched items stay queued until evicted.
 
+One opt-in departure, ``jump_back`` (the node uses it): time going backwards (a looping bag, a
+robot whose clock is reset). A stamp more than ``jump_back`` seconds older than its stream's
+previous one drops every queued item stamped later than it; without that both queues stay full
+of end-of-bag stamps, every new message is evicted on arrival and almost nothing pairs again
+(message_filters does exactly that, and so does this class with ``jump_back=None``).
+
 Written here rather than imported because message_filters is a ROS package (mafs_core must not
 import ROS) and is not on pip; the extras are a per-stream clock offset and statistics.
 """
@@ -69,6 +75,7 @@ class PairerStats:
     unmatched: list[int] = field(default_factory=lambda: [0, 0])  # evicted by overflow or replaced by same stamp
     matched: int = 0
     diff: DiffStats = field(default_factory=DiffStats)
+    jumps_back: list[int] = field(default_factory=lambda: [0, 0])  # time went backwards on this stream
 
 
 class ApproxTimePairer(Generic[T]):
@@ -78,7 +85,8 @@ class ApproxTimePairer(Generic[T]):
     cameras); ``Match.stamps`` keep the raw values. Not thread-safe: callers serialise ``add``.
     """
 
-    def __init__(self, queue_size: int = 10, slop: float = 0.05, offsets: tuple[float, float] = (0.0, 0.0)):
+    def __init__(self, queue_size: int = 10, slop: float = 0.05, offsets: tuple[float, float] = (0.0, 0.0),
+                 jump_back: float | None = None):
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         if not slop > 0:
@@ -86,6 +94,8 @@ class ApproxTimePairer(Generic[T]):
         self.queue_size = int(queue_size)
         self.slop_ns = round(slop * 1e9)
         self.offsets_ns = (round(offsets[0] * 1e9), round(offsets[1] * 1e9))
+        # None: never (message_filters' behaviour); never below 2 x slop, where a late frame may still pair
+        self.jump_back_ns = None if jump_back is None else max(round(jump_back * 1e9), 2 * self.slop_ns)
         # stamp_ns (offset-corrected) -> (raw stamp s, item); dicts keep insertion order like message_filters.
         self.queues: tuple[dict[int, tuple[float, T]], dict[int, tuple[float, T]]] = ({}, {})
         self.stats = PairerStats()
@@ -100,14 +110,37 @@ class ApproxTimePairer(Generic[T]):
 
     def reset(self) -> None:
         """Forget queued items (e.g. when the clock jumps back in a looping bag); statistics stay."""
-        for q in self.queues:
+        for i, q in enumerate(self.queues):
+            self.stats.unmatched[i] += len(q)
             q.clear()
+        self.last_stamp = [math.nan, math.nan]
+
+    def forget_after(self, stamp: float) -> int:
+        """Drop queued items stamped (offset-corrected) later than ``stamp`` s: they are from before a jump back."""
+        limit, dropped = round(stamp * 1e9), 0
+        for i, q in enumerate(self.queues):
+            for key in [k for k in q if k > limit]:
+                del q[key]
+                self.stats.unmatched[i] += 1
+                dropped += 1
+            if self.last_stamp[i] > stamp:
+                self.last_stamp[i] = math.nan
+        return dropped
+
+    def jumped_back(self, stream: int, stamp: float) -> bool:
+        """Whether ``stamp`` (raw, s) lies more than ``jump_back`` before ``stream``'s previous stamp."""
+        last = self.last_stamp[stream]
+        key = round(stamp * 1e9) + self.offsets_ns[stream]
+        return self.jump_back_ns is not None and not math.isnan(last) and key < round(last * 1e9) - self.jump_back_ns
 
     def add(self, stream: int, stamp: float, item: T) -> Match[T] | None:
         """Queue ``item`` stamped ``stamp`` (s) on ``stream`` (0 or 1); return the pair it completes, if any."""
         if stream not in (0, 1):
             raise ValueError(f"stream must be 0 or 1, got {stream}")
         key = round(stamp * 1e9) + self.offsets_ns[stream]
+        if self.jumped_back(stream, stamp):
+            self.stats.jumps_back[stream] += 1
+            self.forget_after(key / 1e9 + self.jump_back_ns / 1e9)
         mine, other = self.queues[stream], self.queues[1 - stream]
         self.stats.received[stream] += 1
         self.last_stamp[stream] = key / 1e9
@@ -139,4 +172,4 @@ class ApproxTimePairer(Generic[T]):
     def summary(self) -> dict[str, Any]:
         s = self.stats
         return {"received": list(s.received), "matched": s.matched, "unmatched": list(s.unmatched),
-                "pending": list(self.pending()), "stamp_diff": s.diff.to_dict()}
+                "pending": list(self.pending()), "stamp_diff": s.diff.to_dict(), "jumps_back": list(s.jumps_back)}

@@ -79,10 +79,21 @@ def markdown_report(report: dict) -> str:
         out += [f"## Segmentation ({seg['label_mode']}, {seg['num_labelled']} labelled images)", ""]
         if seg.get("headline"):
             out += [f"**{seg['headline']['name']}: {_fmt(seg['headline']['value'])}**", ""]
-        out += [f"mIoU: **{_fmt(seg['miou'])}**, pixel accuracy: **{_fmt(seg['pixel_accuracy'])}**", "",
-                "| class | IoU | label pixels | predicted pixels |", "|---|---:|---:|---:|"]
-        for name in seg["class_names"]:
-            out.append(f"| {name} | {_fmt(seg['iou'][name])} | {seg['gt_pixels'][name]} | {seg['pred_pixels'][name]} |")
+        teacher = report.get("segmentation_teacher")
+        out += [f"mIoU: **{_fmt(seg['miou'])}**, pixel accuracy: **{_fmt(seg['pixel_accuracy'])}**"
+                + (f"; the teacher on the same frames: mIoU **{_fmt(teacher['miou'])}**, pixel accuracy "
+                   f"**{_fmt(teacher['pixel_accuracy'])}**" if teacher else ""), ""]
+        if teacher:
+            out += ["| class | IoU | teacher IoU | label pixels | predicted pixels | teacher pixels |",
+                    "|---|---:|---:|---:|---:|---:|"]
+            for name in seg["class_names"]:
+                out.append(f"| {name} | {_fmt(seg['iou'][name])} | {_fmt(teacher['iou'][name])} | "
+                           f"{seg['gt_pixels'][name]} | {seg['pred_pixels'][name]} | {teacher['pred_pixels'][name]} |")
+        else:
+            out += ["| class | IoU | label pixels | predicted pixels |", "|---|---:|---:|---:|"]
+            for name in seg["class_names"]:
+                out.append(f"| {name} | {_fmt(seg['iou'][name])} | {seg['gt_pixels'][name]} | "
+                           f"{seg['pred_pixels'][name]} |")
         out.append("")
     if report.get("predicted_class_fraction"):
         out += ["## Predicted class share of pixels", "", "| class | fraction |", "|---|---:|"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -119,3 +120,35 @@ def load_mfnet_teacher(path: str | Path, allow_pickle: bool = False, device: str
         raise ValueError(f"{path} is not an MFNet state_dict: {exc}") from exc
     net.eval().requires_grad_(False).to(device)
     return TeacherWrapper(net).eval() if wrap else net
+
+
+DEFAULT_TEACHER = Path("teachers") / "mfnet" / "mfnet_final.pth"  # under the data root (MAFS_DATA_ROOT)
+
+
+class TeacherSegmenter:
+    """The teacher on raw camera frames (thermal as stored, BGR visible), as the engine takes them: thermal
+    normalised per frame like the training data, logits at full resolution, argmax. What `mafs eval
+    --baseline-teacher` and the training log's `val/teacher_*` score, on the same frames as the model."""
+
+    def __init__(self, teacher: nn.Module, device: str | torch.device = "cpu", thermal_norm: str = "minmax"):
+        from mafs_core.preprocess import ThermalNormalizer
+
+        self.teacher, self.device = teacher, torch.device(device)
+        self.norm = ThermalNormalizer(mode=thermal_norm, smoothing=0.0)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", thermal_norm: str = "minmax",
+             ) -> TeacherSegmenter:
+        return cls(load_mfnet_teacher(path, allow_pickle=True, device=device), device, thermal_norm)
+
+    @torch.no_grad()
+    def mask(self, ir: np.ndarray, vis_bgr: np.ndarray) -> np.ndarray:
+        """HxW uint8 class ids at the visible image's resolution (IR resized to it if needed)."""
+        import cv2
+
+        if ir.shape[:2] != vis_bgr.shape[:2]:
+            ir = cv2.resize(ir, (vis_bgr.shape[1], vis_bgr.shape[0]), interpolation=cv2.INTER_LINEAR)
+        t = torch.from_numpy(self.norm(ir).astype(np.float32))[None, None].to(self.device)
+        v = torch.from_numpy(np.ascontiguousarray(vis_bgr[..., ::-1]).astype(np.float32) / 255.0)
+        logits = self.teacher(t, v.permute(2, 0, 1)[None].to(self.device))
+        return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()

@@ -35,8 +35,26 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from mafs_core.balance import MaxMinFairnessWeighter
-from mafs_core.datasets import AugmentConfig, PairDataset, Record, cutmix, holdout_split, list_records
-from mafs_core.losses import channel_kd, fusion_loss, merge_labels, ohem_ce, pseudo_labels, rec_loss, rgb_to_y
+from mafs_core.datasets import (
+    AugmentConfig,
+    PairDataset,
+    Record,
+    cutmix,
+    holdout_split,
+    list_records,
+    read_names,
+    repeat_factors,
+)
+from mafs_core.losses import (
+    channel_kd,
+    class_weights,
+    fusion_loss,
+    merge_labels,
+    ohem_ce,
+    pseudo_labels,
+    rec_loss,
+    rgb_to_y,
+)
 from mafs_core.masking import mask_pair
 
 STATE_FILE = "state.pt"
@@ -50,6 +68,7 @@ class SourceConfig:
     kind: str = "auto"  # paired | msrs | mfnet | fmb | pst900 | auto
     split: str = "train"
     holdout_every: int = 0  # every N-th pair (sorted by name) is held out for validation; 0 = none
+    holdout: str = ""  # split file of names held out for validation (data/splits/msrs_val.txt); "" = none
 
 
 @dataclass
@@ -63,7 +82,8 @@ class DataConfig:
     batch_size: int = 4  # per process
     num_workers: int = 2
     repeat: int = 1  # passes over the training pairs per epoch (fewer loader restarts on small datasets)
-    val_max: int = 16  # validation images per evaluation (first N of the val set)
+    repeat_threshold: float = 0.0  # repeat-factor sampling of rare-class images (datasets.repeat_factors); 0 = off
+    val_max: int = 16  # validation images of the loss pass (first N of the val set); 0 = all
     val_metric_images: int = 4  # of those, how many get the (slow) full fusion metrics
     thermal_norm_8bit: str = "minmax"  # must match the engine's default ThermalNormalizer mode
     thermal_norm_16bit: str = "percentile"
@@ -98,6 +118,8 @@ class LossConfig:
     kd_weight: float = 1.0
     kd_tau: float = 4.0
     pseudo_conf: float = 0.0  # teacher pseudo-labels below this confidence are ignored
+    class_weighting: str = "none"  # none | sqrt_inv: CE class weights from the training labels (losses.class_weights)
+    class_weight_max: float = 10.0  # sqrt_inv: largest weight as a multiple of the smallest
 
 
 @dataclass
@@ -156,6 +178,7 @@ class RunConfig:
     precise_bn_modules: list[str] = field(default_factory=list)  # only BN layers under these prefixes ([] = all)
     class_bias_images: int = 0  # joint stage: fit per-class logit offsets on this many training frames (calibrate.py)
     trainable: list[str] = field(default_factory=list)  # train only modules under these prefixes ([] = all)
+    select: str = "loss"  # keep best.safetensors by lowest val/loss, or by highest val/miou (engine pass)
 
 
 @dataclass
@@ -227,6 +250,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         raise ValueError(f"optim.schedule must be cosine, poly or constant, got {cfg.optim.schedule!r}")
     if not cfg.data.sources:
         raise ValueError("data.sources is empty: give at least one {root: ..., kind: auto}")
+    if cfg.train.select not in ("loss", "miou"):
+        raise ValueError(f"train.select must be 'loss' or 'miou', got {cfg.train.select!r}")
     return cfg
 
 
@@ -262,29 +287,42 @@ class ResumableSampler(Sampler[int]):
 def _records(base: str, sources: list[SourceConfig], subset: str) -> list:
     recs = []
     for s in sources:
-        recs += holdout_split(list_records(s.kind, Path(base) / s.root, s.split), s.holdout_every, subset)
+        names = read_names(s.holdout) if s.holdout else None
+        recs += holdout_split(list_records(s.kind, Path(base) / s.root, s.split), s.holdout_every, subset, names)
     return recs
+
+
+def _held_out(s: SourceConfig) -> bool:
+    return s.holdout_every > 0 or bool(s.holdout)
 
 
 def build_datasets(cfg: TrainConfig) -> tuple[PairDataset, PairDataset | None]:
     d = cfg.data
     kw = {"num_classes": d.num_classes, "thermal_norm_8bit": d.thermal_norm_8bit,
           "thermal_norm_16bit": d.thermal_norm_16bit}
-    train_ds = PairDataset(_records(d.root, d.sources, "train"), train=True, augment=d.augment, seed=cfg.train.seed,
-                           repeat=d.repeat, **kw)
+    train_recs = _records(d.root, d.sources, "train")
+    if d.repeat_threshold > 0:
+        # rare-class images appear several times per epoch; ordering stays a pure function of (seed, epoch)
+        factors = repeat_factors(train_recs, d.num_classes, d.repeat_threshold)
+        train_recs = [r for r, k in zip(train_recs, factors, strict=True) for _ in range(k)]
+    train_ds = PairDataset(train_recs, train=True, augment=d.augment, seed=cfg.train.seed, repeat=d.repeat, **kw)
     if d.val_sources:
-        val_recs = _records(d.root, d.val_sources, "all")
+        val_recs = _records(d.root, d.val_sources, "val" if any(_held_out(s) for s in d.val_sources) else "all")
     else:
-        val_recs = _records(d.root, [s for s in d.sources if s.holdout_every > 0], "val") if any(
-            s.holdout_every > 0 for s in d.sources) else []
+        held = [s for s in d.sources if _held_out(s)]
+        val_recs = _records(d.root, held, "val") if held else []
     val_aug = AugmentConfig(resize=d.val_resize or d.augment.resize)
-    val_ds = PairDataset(val_recs[: d.val_max], train=False, augment=val_aug, **kw) if val_recs else None
+    val_ds = PairDataset(val_recs[: d.val_max or None], train=False, augment=val_aug, **kw) if val_recs else None
+    if val_ds is not None:
+        val_ds.all_records = val_recs  # the engine pass scores the whole split, whatever val_max
     return train_ds, val_ds
 
 
 def calibration_frames(cfg: TrainConfig, records: list[Record] | None = None) -> PairDataset:
     """Un-augmented training frames at validation size: what precise BN and the class-bias calibration see."""
     d = cfg.data
+    if records is not None:
+        records = list(dict.fromkeys(records))  # once each, whatever repeat-factor sampling did
     return PairDataset(records if records is not None else _records(d.root, d.sources, "train"),
                        num_classes=d.num_classes, train=False,
                        augment=AugmentConfig(resize=d.val_resize or d.augment.resize),
@@ -527,6 +565,14 @@ class Trainer:
                                                b.max_step, b.warmup_updates)
         self.teacher = None
         self.class_bias: dict | None = None  # set by the class-bias calibration before export
+        self.ce_weight: torch.Tensor | None = None
+        if t.stage == "joint" and cfg.loss.class_weighting != "none":
+            counts = label_pixel_counts(self.train_ds.records, cfg.data.num_classes)
+            self.ce_weight = class_weights(counts, cfg.loss.class_weighting, cfg.loss.class_weight_max).to(dev)
+            if self.main:
+                print("[mafs train] CE class weights (" + cfg.loss.class_weighting + "): "
+                      + " ".join(f"{w:.2f}" for w in self.ce_weight.tolist()), flush=True)
+        self._teacher_val: dict | None = None  # the teacher's scores on the validation split (computed once)
         if t.stage == "joint" and cfg.teacher.path:
             from mafs_core.teacher import load_mfnet_teacher
 
@@ -629,9 +675,9 @@ class Trainer:
             if t_logits is not None and cfg.teacher.pseudo_labels:
                 label = merge_labels(label, has_label, pseudo_labels(t_logits, lc.pseudo_conf))
             logits = out["logits"].float()
-            l_ce = ohem_ce(logits, label, lc.ohem_thresh, lc.ohem_min_kept)
-            l_aux = sum((ohem_ce(a.float(), label, lc.ohem_thresh, lc.ohem_min_kept) for a in out["aux_logits"]),
-                        logits.new_zeros(()))
+            l_ce = ohem_ce(logits, label, lc.ohem_thresh, lc.ohem_min_kept, weight=self.ce_weight)
+            l_aux = sum((ohem_ce(a.float(), label, lc.ohem_thresh, lc.ohem_min_kept, weight=self.ce_weight)
+                         for a in out["aux_logits"]), logits.new_zeros(()))
             l_kd = channel_kd(logits, t_logits, lc.kd_tau) if t_logits is not None and cfg.teacher.kd \
                 else logits.new_zeros(())
             l_s = l_ce + lc.aux_weight * l_aux + lc.kd_weight * l_kd
@@ -721,6 +767,38 @@ class Trainer:
             res["val/miou"] = cm.miou()
         if self.teacher is not None and self.cfg.train.stage == "joint":
             res["val/teacher_agreement_miou"] = agree.miou()
+        if self.cfg.train.stage == "joint":
+            res.update(self.validate_engine())
+        return res
+
+    @torch.no_grad()
+    def validate_engine(self) -> dict:
+        """Segmentation scores through the inference engine: raw frames of the whole validation split at their
+        own resolution, thermal normalised as the checkpoint says, BN folded: the number a user gets from
+        `mafs eval`, not the loss pass's (resized, first `val_max` frames). Replaces val/miou when labels exist."""
+        from mafs_core.classes import MSRS_CLASSES
+        from mafs_core.engine import EngineConfig, FusionSegmenter
+        from mafs_core.metrics import ConfusionMatrix
+
+        recs = [r for r in getattr(self.val_ds, "all_records", self.val_ds.records) if r.label is not None]
+        if not recs:
+            return {}
+        nc = self.cfg.data.num_classes
+        names = list(MSRS_CLASSES) if nc == len(MSRS_CLASSES) else [str(i) for i in range(nc)]
+        meta = {"num_classes": nc, "thermal_norm": {"mode": self.cfg.data.thermal_norm_8bit}}
+        engine = FusionSegmenter(self._eval_model(), meta, EngineConfig(device=str(self.device), warmup=0))
+        cm = ConfusionMatrix(nc)
+        for rec in recs:
+            ir, vis, label = _raw_frame(rec)
+            cm.update(engine.run(ir, vis, want_color=False).mask, label)
+        engine.release()
+        res = {"val/miou": cm.miou(), "val/images": float(len(recs))}
+        res.update({f"val/iou_{n}": float(v) for n, v in zip(names, cm.iou(), strict=True)})
+        if self.teacher is not None:
+            if self._teacher_val is None:
+                self._teacher_val = teacher_scores(self.teacher, recs, nc, names, self.device,
+                                                   self.cfg.data.thermal_norm_8bit)
+            res.update(self._teacher_val)
         return res
 
     # -- export
@@ -840,13 +918,58 @@ class Trainer:
             for k, v in res.items():
                 if v is not None and not (isinstance(v, float) and math.isnan(v)):
                     self.writer.add_scalar(k, v, self.step)
-        score = res.get("val/loss", math.inf)
+        if self.cfg.train.select == "miou":
+            m = res.get("val/miou")
+            score = -m if m is not None and not math.isnan(m) else math.inf
+        else:
+            score = res.get("val/loss", math.inf)
         if score < self.best:
             self.best = score
             self.export(self.out / "best.safetensors", {"val": res})
         print(f"[mafs train] step {self.step} " + " ".join(f"{k}={v:.4f}" for k, v in res.items()
                                                              if isinstance(v, float)), flush=True)
         return res
+
+
+def label_pixel_counts(records: Sequence[Record], num_classes: int) -> np.ndarray:
+    """Pixels per class over the records' labels (each record once; unlabelled records add nothing)."""
+    from mafs_core.io import read_label
+
+    counts = np.zeros(num_classes, np.int64)
+    for r in dict.fromkeys(records):
+        if r.label is not None:
+            lab = read_label(r.label)
+            counts += np.bincount(lab[lab < num_classes].ravel(), minlength=num_classes)[:num_classes]
+    return counts
+
+
+def _raw_frame(rec: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thermal as stored, BGR visible, label) of a record, as a camera or `mafs eval` would hand them over."""
+    from mafs_core.io import read_image, read_ir, read_label, read_vis
+
+    if rec.rgbt is not None:
+        img = read_image(rec.rgbt)
+        ir, vis = np.ascontiguousarray(img[..., 3]), np.ascontiguousarray(img[..., :3])
+    else:
+        ir, vis = read_ir(rec.ir), read_vis(rec.vis)
+    return ir, vis, read_label(rec.label)
+
+
+def teacher_scores(teacher: nn.Module, records: Sequence[Record], num_classes: int, names: Sequence[str],
+                   device: torch.device, thermal_norm: str = "minmax") -> dict:
+    """The frozen teacher's mIoU and per-class IoU on labelled records, at full resolution, for the log
+    (`val/teacher_*`): the student's validation figures read against it."""
+    from mafs_core.metrics import ConfusionMatrix
+    from mafs_core.teacher import TeacherSegmenter
+
+    seg = TeacherSegmenter(teacher, device, thermal_norm)
+    cm = ConfusionMatrix(num_classes)
+    for rec in records:
+        ir, vis, label = _raw_frame(rec)
+        cm.update(seg.mask(ir, vis), label)
+    out = {"val/teacher_miou": cm.miou()}
+    out.update({f"val/teacher_iou_{n}": float(v) for n, v in zip(names, cm.iou(), strict=True)})
+    return out
 
 
 def train(cfg: TrainConfig, command: str | None = None, resume: bool = False) -> dict:

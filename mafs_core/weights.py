@@ -6,7 +6,9 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_WEIGHTS = "mafs_t.safetensors"
+DEFAULT_WEIGHTS = "mafs_t.safetensors"  # the CPU / embedded default, and the fallback everywhere
+# Shipped weights per device type: the larger mafs_s where a GPU makes it cheap (docs/benchmarks.md).
+DEVICE_DEFAULTS = {"cuda": "mafs_s.safetensors", "cpu": DEFAULT_WEIGHTS}
 PACKAGE = "mafs_ros"
 
 
@@ -28,8 +30,21 @@ def weight_dirs() -> list[Path]:
     return dirs
 
 
+def default_for_device(device: str = "cpu") -> tuple[Path, str]:
+    """(shipped checkpoint, why) for a device type: mafs_s on CUDA, mafs_t on the CPU and anything else;
+    mafs_t also where mafs_s is not installed, and the reason says so."""
+    kind = str(device).split(":")[0]
+    want = DEVICE_DEFAULTS.get(kind, DEFAULT_WEIGHTS)
+    if want != DEFAULT_WEIGHTS:
+        try:
+            return default_checkpoint(want), f"default weights for {kind}"
+        except FileNotFoundError:
+            return default_checkpoint(), f"default weights for {kind} ({want} not installed, using {DEFAULT_WEIGHTS})"
+    return default_checkpoint(), f"default weights for {kind}"
+
+
 def default_checkpoint(name: str = DEFAULT_WEIGHTS) -> Path:
-    """Path of the shipped checkpoint (`weights/mafs_t.safetensors`); FileNotFoundError says where it looked."""
+    """Path of a shipped checkpoint (`weights/mafs_t.safetensors`); FileNotFoundError says where it looked."""
     dirs = weight_dirs()
     for d in dirs:
         if (d / name).is_file():

@@ -4,6 +4,9 @@ Messages go out as the bag stores them (serialized CDR, `Publisher.publish(bytes
 rosbag2's player does: no per-field conversion, so 640x480 images cost one memcpy. Timing follows the
 recorded log times scaled by `--rate`; `--clock` publishes /clock (rosgraph_msgs/Clock) from bag time so
 `use_sim_time` nodes see the bag's clock. On a ROS distribution, `ros2 bag play` does the same job.
+
+DDS is the robot's (RMW, domain, discovery range, profile from the environment); `--local`
+(or MAFS_LOCAL_DDS=1) applies the single-host loopback set-up instead.
 """
 
 from __future__ import annotations
@@ -172,13 +175,15 @@ class BagPlayer:
 
 
 def _cmd_play(args: argparse.Namespace) -> int:
-    from mafs_ros.env import configure_ros_env
+    from mafs_ros.env import configure_entry_point, describe_dds
 
-    configure_ros_env()
+    configure_entry_point(args.local)
     import rclpy
+    from rclpy.utilities import get_rmw_implementation_identifier
 
     rclpy.init()
     node = rclpy.create_node("mafs_bag_player")
+    print(describe_dds(get_rmw_implementation_identifier(), node.context.get_domain_id()), flush=True)
     try:
         opts = PlayOptions(rate=args.rate, clock=args.clock, loop=args.loop, topics=args.topics,
                            start_delay=args.start_delay, wait_for_subscribers=args.wait_for_subscribers,
@@ -216,4 +221,6 @@ def register(subparsers, registry: dict) -> None:
     p.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
                    help="wait until every played topic has N subscriptions")
     p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait for subscribers")
+    p.add_argument("--local", action="store_true",
+                   help="single-host DDS (loopback discovery, shared-memory profile) instead of the environment's")
     p.set_defaults(func=_cmd_play)

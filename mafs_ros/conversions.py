@@ -28,7 +28,7 @@ except ImportError:
     _BRIDGE = None
 
 THERMAL_ENCODINGS = ("mono8", "8UC1", "mono16", "16UC1", "32FC1", "64FC1", "rgb8", "bgr8")
-RGB_ENCODINGS = ("bgr8", "rgb8", "mono8")
+RGB_ENCODINGS = ("bgr8", "rgb8", "mono8", "bgra8", "rgba8")  # bgra8/rgba8: ZED, simulators
 BACKENDS = ("cv_bridge", "numpy") if _BRIDGE is not None else ("numpy",)
 
 
@@ -84,7 +84,7 @@ def thermal_to_numpy(msg: Image, backend: str = BACKENDS[0]) -> tuple[np.ndarray
 
 
 def rgb_to_numpy(msg: Image, backend: str = BACKENDS[0]) -> tuple[np.ndarray, str]:
-    """RGB camera message -> (array, encoding for the engine: bgr8/rgb8/mono8)."""
+    """RGB camera message -> (array, encoding for the engine: bgr8/rgb8/mono8/bgra8/rgba8; alpha is ignored)."""
     return image_to_numpy(msg, backend), msg.encoding
 
 

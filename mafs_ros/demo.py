@@ -40,21 +40,49 @@ def _say(step: str, msg: str) -> None:
     print(f"[demo {step}] {msg}", flush=True)
 
 
+SHARED_MSRS = REPO.parent / "shared" / "data" / "msrs"
+SAMPLE_MSRS = REPO / "data" / "samples" / "msrs"
+
+
+def choose_data(arg: str | None = None) -> tuple[Path, str]:
+    """The demo's pair folder and why it was chosen: --data, $MAFS_DATA, ../shared/data/msrs, then the samples.
+
+    The committed samples (data/samples/msrs) come last so that a bare clone still runs the whole demo.
+    """
+    if arg:
+        return Path(arg), "from --data"
+    if os.environ.get("MAFS_DATA"):
+        return Path(os.environ["MAFS_DATA"]), "from $MAFS_DATA"
+    if (SHARED_MSRS / "ir").is_dir() and (SHARED_MSRS / "vi").is_dir():
+        return SHARED_MSRS, "the full MSRS test pairs in ../shared/data/msrs beside the checkout"
+    return SAMPLE_MSRS, (f"no --data, no $MAFS_DATA and no {SHARED_MSRS}: the sample pairs committed in "
+                         "data/samples/msrs (see data/samples/README.md for the full datasets)")
+
+
 def default_data() -> Path:
-    return Path(os.environ.get("MAFS_DATA") or REPO.parent / "shared" / "data" / "msrs")
+    """Where the demo reads pairs when --data is not given (see choose_data)."""
+    return choose_data()[0]
 
 
 def pick_frames(ir_dir: Path, n: int) -> list[str]:
-    """n names spread evenly over the set, half day (…D) and half night (…N) when both exist."""
+    """n names spread evenly over the set, half day (…D) and half night (…N) when both exist.
+
+    A small folder (the committed samples) gives all it has: a short group's share goes to the other one.
+    """
     from mafs_core.io import list_pairs
 
     names = [p.name for p in list_pairs(ir_dir, ir_dir.parent / "vi")]
     day, night = [x for x in names if x.endswith("D")], [x for x in names if x.endswith("N")]
     groups = [g for g in (day, night) if g] or [names]
+    take = [0] * len(groups)
+    i = 0
+    while sum(take) < min(n, sum(map(len, groups))):  # round robin over the groups that still have names
+        if take[i % len(groups)] < len(groups[i % len(groups)]):
+            take[i % len(groups)] += 1
+        i += 1
     out: list[str] = []
-    for i, g in enumerate(groups):
-        k = n // len(groups) + (1 if i < n % len(groups) else 0)
-        out += [g[j] for j in np.linspace(0, len(g) - 1, min(k, len(g))).round().astype(int)]
+    for g, k in zip(groups, take, strict=True):
+        out += [g[j] for j in np.linspace(0, len(g) - 1, k).round().astype(int)]
     return sorted(out)
 
 
@@ -121,7 +149,7 @@ class Recorder:
 
 
 def _start_node(checkpoint: Path, log: Path, device: str, extra: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mafs_ros.node", "--ros-args",
+    cmd = [sys.executable, "-m", "mafs_ros.node", "--local", "--ros-args",  # one host: loopback DDS
            "-r", "__ns:=/mafs", "-r", f"thermal/image:={THERMAL_TOPIC}", "-r", f"rgb/image:={RGB_TOPIC}",
            "-p", f"model.checkpoint:={checkpoint}", "-p", f"model.device:={device}",
            "-p", "use_sim_time:=true", "-p", f"sync.thermal_time_offset:={-THERMAL_OFFSET_S}"]
@@ -149,11 +177,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
     t_start = time.perf_counter()
     out = Path(args.out)
-    data = Path(args.data) if args.data else default_data()
+    data, why = choose_data(args.data)
     if not (data / "ir").is_dir() or not (data / "vi").is_dir():
-        print(f"mafs demo: error: no MSRS pairs at {data} (expected {data}/ir and {data}/vi); "
+        print(f"mafs demo: error: no MSRS pairs at {data} ({why}; expected {data}/ir and {data}/vi); "
               "pass --data DIR or set MAFS_DATA")
         return 2
+    _say("data", f"pairs from {data} ({why})")
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("input_bag", "output_bag", "eval", "report.md", "montage.png", "node.log", "summary.json"):
         p = out / stale
@@ -170,13 +199,15 @@ def run_demo(args: argparse.Namespace) -> int:
     _say("1/6", f"weights: {weights_desc}")
 
     names = pick_frames(data / "ir", args.frames)
+    if len(names) < args.frames:
+        _say("data", f"{data} holds {len(names)} pairs, fewer than --frames {args.frames}: using all of them")
     info = make_bag(data / "ir", data / "vi", out / "input_bag",
                     cfg=MakeConfig(rate=RATE_HZ, thermal_offset_ms=THERMAL_OFFSET_S * 1e3, storage="mcap"),
                     names=names)
     n_day = sum(x.endswith("D") for x in names)
     steps.append(f"Built `input_bag/` (mcap): {info['frames']} MSRS pairs ({n_day} day, {len(names) - n_day} night) "
                  f"at {RATE_HZ:g} Hz, 3 ms stamp jitter, thermal stamps 15 ms after RGB; topics "
-                 f"`{THERMAL_TOPIC}` (mono8), `{RGB_TOPIC}` (bgr8).")
+                 f"`{THERMAL_TOPIC}` (mono8), `{RGB_TOPIC}` (bgr8). Pairs from `{data}` ({why}).")
     _say("2/6", steps[-1])
 
     import rclpy
@@ -372,7 +403,8 @@ def _markdown(r: dict, steps: list[str]) -> str:
 def register(subparsers, registry: dict) -> None:
     p = subparsers.add_parser("demo", help="end-to-end demo: bag -> node over DDS -> recorded outputs + report",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="MSRS-style folder with ir/ and vi/ (default $MAFS_DATA or ../shared/data/msrs)")
+    p.add_argument("--data", help="MSRS-style folder with ir/ and vi/ (default: $MAFS_DATA, else ../shared/data/msrs, "
+                   "else the committed samples in data/samples/msrs)")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--frames", type=int, default=40, help="number of pairs, half day half night (default 40)")
     p.add_argument("--checkpoint", help="weights for the node (default: shipped weights/mafs_t.safetensors)")

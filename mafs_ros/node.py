@@ -7,12 +7,20 @@ output carrying the RGB message's header unchanged.
 
 Lifecycle: configure validates parameters and loads the model; activate warms it up, subscribes
 and starts the worker; deactivate stops them and frees device memory; cleanup drops publishers.
-With ``autostart`` (default) ``main`` runs configure + activate itself.
+With ``autostart`` (default) ``main`` runs configure + activate itself. /diagnostics is published
+in every state, so a failed configure or activate is visible to a robot's monitoring.
+
+Time going backwards (a looping bag, a clock reset; stamps and, under ``use_sim_time``, the
+clock's jump callback) resets pairing and the thermal normaliser, logged and counted.
+
+Runs on Humble (rclpy 3: ``rclpy.qos_event``, no post-set parameter callbacks) as well as on
+Jazzy and Kilted.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,18 +30,25 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.clock import Clock, ClockType, JumpThreshold
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.utilities import get_rmw_implementation_identifier
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
 from mafs_ros import conversions, diagnostics, params, qos
 from mafs_ros.conversions import ImageError
-from mafs_ros.env import configure_ros_env
+from mafs_ros.env import configure_entry_point, describe_dds, split_local_flag
 from mafs_ros.params import NodeParams
 from mafs_ros.sync import PairSync, make_sync
+
+try:
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # Humble (rclpy 3.x): the same class, before its rename in Iron
+    from rclpy.qos_event import SubscriptionEventCallbacks
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 EngineFactory = Callable[[NodeParams], Any]  # -> a mafs_core.engine.FusionSegmenter (or the same interface)
@@ -48,6 +63,13 @@ OUTPUTS = {  # key -> (topic, encoding)
 }
 INFO_OUTPUTS = ("fused/camera_info", "segmentation/camera_info")
 CLASS_INFO_TOPIC = "segmentation/class_info"
+DEFAULT_WARMUP_SIZE = (480, 640)  # (h, w) until the camera's size is known
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """image_pipeline convention: camera_info beside the image (/cam/color/image_raw -> /cam/color/camera_info)."""
+    head, sep, _ = image_topic.rpartition("/")
+    return f"{head}{sep}camera_info"
 
 
 def default_engine_factory(p: NodeParams) -> Any:
@@ -113,10 +135,14 @@ class MafsNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         self.engine_factory = engine_factory or default_engine_factory
         self._param_errors = params.declare(self)
-        self.add_on_set_parameters_callback(self._check_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
+        if hasattr(self, "add_post_set_parameters_callback"):  # Iron and later
+            self.add_on_set_parameters_callback(self._check_parameters)
+            self.add_post_set_parameters_callback(self._apply_parameters)
+        else:  # Humble: apply once our check passed (rclpy checked types and ranges before calling us)
+            self.add_on_set_parameters_callback(self._check_and_apply_parameters)
         self.p: NodeParams | None = None
         self.configure_errors: list[str] = []  # why the last configure failed (also logged)
+        self.last_error = ""  # why the last configure/activate failed, for /diagnostics
         self.engine: Any = None
         self.sync: PairSync | None = None
         self.stats = diagnostics.PipelineStats()
@@ -125,8 +151,6 @@ class MafsNode(LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._info_pubs: list[Any] = []
         self._class_info_pub: Any = None
-        self._diag_pub: Any = None
-        self._diag_timer: Any = None
         self._subs: list[Any] = []
         self._camera_info: CameraInfo | None = None
         self._last_rx = [0.0, 0.0]  # monotonic time of the last message per stream (0 = never)
@@ -135,19 +159,31 @@ class MafsNode(LifecycleNode):
         self._mismatch: float | None = None  # stamp gap (s) while both streams flow and nothing pairs
         self._publisher_counts = (-1, -1)
         self._last_report = time.monotonic()
+        self._engine_reset = threading.Event()  # set by the executor on a time jump; the worker resets
+        self._jump_handle: Any = None
+        self._camera_size: tuple[int, int] | None = None  # (h, w) of the last RGB frame processed
+        self._warmed_size: tuple[int, int] | None = None
+        # /diagnostics in every state (a configure failure must reach monitoring); lifecycle-independent
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer: Any = None
+        self._restart_diag_timer(self.get_parameter("diagnostics.period").value)
 
     # ------------------------------------------------------------------ lifecycle
 
     def autostart(self) -> bool:
         """configure + activate (what `ros2 run` and `mafs-node` do unless autostart:=false)."""
         if self.trigger_configure() != SUCCESS:
-            self.get_logger().error("configure failed: node stays unconfigured (fix and call the configure "
-                                    "transition, e.g. `ros2 lifecycle set <node> configure`)")
+            self.get_logger().error(f"configure failed: node stays {self.state_label()} (fix and call the "
+                                    "configure transition, e.g. `ros2 lifecycle set <node> configure`)")
             return False
         if self.trigger_activate() != SUCCESS:
-            self.get_logger().error("activate failed: node stays inactive")
+            self.get_logger().error(f"activate failed ({self.last_error}): node stays {self.state_label()} "
+                                    "(`ros2 lifecycle set <node> activate` retries)")
             return False
         return True
+
+    def state_label(self) -> str:
+        return str(self._state_machine.current_state[1])
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = NodeParams.from_node(self)
@@ -160,26 +196,45 @@ class MafsNode(LifecycleNode):
         if self.configure_errors:
             for e in self.configure_errors:
                 self.get_logger().error(e)
+            self.last_error = "configure failed: " + "; ".join(self.configure_errors)
             return FAILURE
-        self.p = p
+        self.p, self.last_error = p, ""
         out_qos = qos.output_qos(p.qos_output_reliability, p.qos_output_depth)
         self._pubs = {k: self.create_lifecycle_publisher(Image, topic, out_qos) for k, (topic, _) in OUTPUTS.items()}
         self._info_pubs = [self.create_lifecycle_publisher(CameraInfo, t, out_qos) for t in INFO_OUTPUTS]
         self._class_info_pub = self.create_lifecycle_publisher(String, CLASS_INFO_TOPIC, qos.latched_qos())
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_timer = self.create_timer(p.diagnostics_period, self._report)
+        self._restart_diag_timer(p.diagnostics_period)
         self.get_logger().info(f"configured: model {self._model_name()} on {getattr(self.engine, 'device', '?')} "
                                f"({getattr(self.engine, 'precision', '?')})")
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Reload (after deactivate), warm up, subscribe. A failure (CUDA out of memory, a cuDNN error) is
+        logged with its cause, reported on /diagnostics, and leaves the node inactive, ready to retry."""
+        try:
+            return self._activate(state)
+        except Exception as exc:
+            self.last_error = f"activate failed ({type(exc).__name__}): {exc}"
+            self.get_logger().error(self.last_error)
+            self._stop_pipeline()
+            if self.engine is not None and hasattr(self.engine, "release"):
+                try:
+                    self.engine.release()  # give back what the failed warm-up allocated
+                except Exception as rel_exc:  # the device may be in a bad state: say so, stay up
+                    self.get_logger().error(f"releasing the engine failed too ({type(rel_exc).__name__}): "
+                                            f"{rel_exc}")
+            self.engine = None
+            return FAILURE
+
+    def _activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = self.p
         assert p is not None
         if self.engine is None:  # released by deactivate
             try:
                 self.engine = self.engine_factory(p)
             except Exception as exc:
-                self.get_logger().error(f"cannot reload the model ({type(exc).__name__}): {exc}")
+                self.last_error = f"cannot reload the model ({type(exc).__name__}): {exc}"
+                self.get_logger().error(self.last_error)
                 return FAILURE
         self._warmup(p.model_warmup_iterations)
         ret = super().on_activate(state)  # enables the lifecycle publishers
@@ -193,14 +248,26 @@ class MafsNode(LifecycleNode):
             self.create_subscription(Image, THERMAL_TOPIC, self._on_thermal, in_qos,
                                      event_callbacks=self._events(THERMAL_TOPIC)),
             self.create_subscription(Image, RGB_TOPIC, self._on_rgb, in_qos, event_callbacks=self._events(RGB_TOPIC)),
-            self.create_subscription(CameraInfo, RGB_INFO_TOPIC, self._on_camera_info, in_qos),
+            self.create_subscription(CameraInfo, self.camera_info_topic(), self._on_camera_info, in_qos),
         ]
         self._check_qos()
         self._last_rx = [0.0, 0.0]
+        # under use_sim_time a looping bag resets /clock: the clock's own jump callback sees that
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(seconds=-self.sync.jump_back), on_clock_change=False),
+            post_callback=self._on_clock_jump)
+        self.last_error = ""
         thermal_topic, rgb_topic = self.resolve_topic_name(THERMAL_TOPIC), self.resolve_topic_name(RGB_TOPIC)
         self.get_logger().info(f"active: {thermal_topic} + {rgb_topic} -> {self.resolve_topic_name('fused/image')}, "
                                f"{self.resolve_topic_name('segmentation/mask')} (sync: {self.sync.name})")
         return ret
+
+    def camera_info_topic(self) -> str:
+        """rgb/camera_info as remapped, else beside the (remapped) RGB image topic, as image_transport does."""
+        resolved = self.resolve_topic_name(RGB_INFO_TOPIC)
+        if resolved != self.resolve_topic_name(RGB_INFO_TOPIC, only_expand=True):
+            return resolved  # remapped explicitly
+        return camera_info_topic(self.resolve_topic_name(RGB_TOPIC))
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_pipeline()
@@ -232,6 +299,9 @@ class MafsNode(LifecycleNode):
         self._destroy_outputs()
 
     def _stop_pipeline(self) -> None:
+        if self._jump_handle is not None:
+            self._jump_handle.unregister()
+            self._jump_handle = None
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
@@ -246,11 +316,23 @@ class MafsNode(LifecycleNode):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
         self._pubs, self._info_pubs, self._class_info_pub = {}, [], None
+
+    def _restart_diag_timer(self, period: float) -> None:
+        """On a steady clock: under use_sim_time a paused or finished bag must not silence /diagnostics."""
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
-        if self._diag_pub is not None:
-            self.destroy_publisher(self._diag_pub)
-        self._diag_timer = self._diag_pub = None
+        self._diag_timer = self.create_timer(period, self._report, clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    def destroy_node(self) -> None:
+        self._diag_timer = self._diag_pub = None  # rclpy destroys them with the node
+        super().destroy_node()
+
+    def warmup_size(self) -> tuple[int, int]:
+        """(h, w) to warm up at: the network input size if fixed, else the camera's once a frame was seen."""
+        p = self.p
+        if p is not None and p.model_input_width:
+            return p.model_input_height, p.model_input_width
+        return self._camera_size or DEFAULT_WARMUP_SIZE
 
     def _warmup(self, iterations: int) -> None:
         """Dummy inferences so the first real frame does not pay for allocation / autotuning / graph capture."""
@@ -258,12 +340,13 @@ class MafsNode(LifecycleNode):
         if iterations <= 0 or p is None:
             return
         t0 = time.perf_counter()
-        size = (p.model_input_height, p.model_input_width) if p.model_input_width else (480, 640)
+        size = self.warmup_size()
         if hasattr(self.engine, "warmup"):
             self.engine.warmup(size, iterations)
         else:
             for _ in range(iterations):
                 self.engine.run(np.zeros(size, np.uint8), np.zeros((*size, 3), np.uint8))
+        self._warmed_size = size
         self.get_logger().info(f"warm-up: {iterations} runs at {size[1]}x{size[0]} in {time.perf_counter() - t0:.2f} s")
 
     # ------------------------------------------------------------------ inputs
@@ -272,7 +355,7 @@ class MafsNode(LifecycleNode):
         p = self.p
         assert p is not None
         self.sync = make_sync(p.sync_backend, p.sync_queue_size, p.sync_slop, p.sync_thermal_time_offset,
-                              self._on_pair)
+                              self._on_pair, self._on_stamp_jump)
         self._matched_at_last_report, self._received_at_last_report = 0, [0, 0]  # a new sync counts from 0
         self._mismatch = None
 
@@ -307,8 +390,46 @@ class MafsNode(LifecycleNode):
             self._bad_input(name, str(exc))
             return
         sync = self.sync
-        if sync is not None:
+        if sync is None:
+            return
+        clamped = sync.clamped
+        try:
             (sync.add_thermal if stream == 0 else sync.add_rgb)(msg)
+        except Exception as exc:  # no input may end the process: count, warn, carry on
+            self.stats.inc("errors")
+            self.get_logger().error(f"pairing failed on {name} ({type(exc).__name__}): {exc}",
+                                    throttle_duration_sec=self._warn_period())
+            return
+        if sync.clamped != clamped:
+            self.get_logger().warning(
+                f"thermal stamp {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d} + sync.thermal_time_offset "
+                f"{sync.thermal_offset} s is before time 0: paired as 0 (stamps near zero: sim time, or a driver "
+                "that does not stamp)", throttle_duration_sec=self._warn_period())
+
+    # ------------------------------------------------------------------ time going backwards
+
+    def _on_stamp_jump(self, stream: int, went_back: float) -> None:
+        name = ("thermal", "rgb")[stream]
+        self._time_jump(f"time_jumps.stamps_{name}",
+                        f"{name} stamps went back {went_back:.3f} s (bag loop or clock reset)")
+
+    def _on_clock_jump(self, jump: Any) -> None:
+        try:
+            sync = self.sync
+            if sync is not None:
+                sync.forget_after(self.get_clock().now().nanoseconds * 1e-9 + sync.jump_back)
+            self._time_jump("time_jumps.clock", f"the node clock jumped back {-jump.delta.nanoseconds * 1e-9:.3f} s "
+                            "(use_sim_time: /clock went back, e.g. a looping bag)")
+        except Exception as exc:  # called from rcl's clock update: never let it raise
+            self.stats.inc("errors")
+            self.get_logger().error(f"handling a clock jump failed ({type(exc).__name__}): {exc}")
+
+    def _time_jump(self, counter: str, why: str) -> None:
+        """Pairing has dropped what came before the jump; the worker resets the thermal normaliser."""
+        self.stats.inc(counter)
+        self._engine_reset.set()
+        self.get_logger().warning(f"{why}: pairing queues and thermal normaliser reset",
+                                  throttle_duration_sec=self._warn_period())
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
@@ -330,6 +451,8 @@ class MafsNode(LifecycleNode):
             try:
                 self._process(*item)
             except Exception as exc:  # never let one frame kill the worker
+                if not self.context.ok():
+                    return  # Ctrl-C / shutdown while this frame ran: its publish failed, nothing is wrong
                 self.stats.inc("errors")
                 self.get_logger().error(f"frame failed ({type(exc).__name__}): {exc}",
                                         throttle_duration_sec=self._warn_period())
@@ -338,6 +461,11 @@ class MafsNode(LifecycleNode):
         p, engine = self.p, self.engine
         if p is None or engine is None:
             return
+        if self._engine_reset.is_set():
+            self._engine_reset.clear()
+            if hasattr(engine, "reset"):
+                engine.reset()  # smoothed thermal bounds of the previous pass
+                self.stats.inc("time_jumps.engine_resets")
         t0 = time.perf_counter()
         stamp_ns = rgb_msg.header.stamp.sec * 1_000_000_000 + rgb_msg.header.stamp.nanosec
         age = (self.get_clock().now().nanoseconds - stamp_ns) * 1e-9
@@ -361,6 +489,7 @@ class MafsNode(LifecycleNode):
             self.get_logger().warning(f"{n_nonfinite} NaN/inf thermal pixels replaced by the coldest value",
                                       throttle_duration_sec=self._warn_period())
         t1 = time.perf_counter()
+        first_at_size = self._note_camera_size((rgb_msg.height, rgb_msg.width))
         want_color = self._pubs["color"].get_subscription_count() > 0
         want_overlay = self._pubs["overlay"].get_subscription_count() > 0
         result = engine.run(thermal, rgb, rgb_encoding=rgb_encoding, want_color=want_color, want_overlay=want_overlay)
@@ -387,8 +516,30 @@ class MafsNode(LifecycleNode):
         times.update({"input_ms": (paired_ns - stamp_ns) * 1e-6, "queue_wait_ms": wait, "decode_ms": (t1 - t0) * 1e3,
                       "engine_call_ms": (t2 - t1) * 1e3, "publish_ms": (t3 - t2) * 1e3, "latency_ms": latency,
                       "overhead_ms": latency - engine_total, "node_ms": latency - engine_total - wait})
-        self.stats.add_times(times)
+        if first_at_size:  # a one-off (allocation, autotuning at this shape): reported, not in the windows
+            self.stats.add_times({"first_frame_at_new_size_ms": latency})
+        else:
+            self.stats.add_times(times)
         self.stats.inc("processed")
+
+    def _note_camera_size(self, size: tuple[int, int]) -> bool:
+        """Record the camera's size; True for the first frame at a size the warm-up did not cover.
+
+        That frame pays the warm-up's cost on the live path once: a second warm-up there would only
+        make it later. The size is kept, so the next activation warms up at it.
+        """
+        if size == self._camera_size:
+            return False
+        self._camera_size = size
+        p = self.p
+        warmed = self._warmed_size
+        if p is None or p.model_input_width or warmed is None or warmed == size:
+            return False
+        self.stats.inc("warmup_misses")
+        self.get_logger().info(f"RGB frames are {size[1]}x{size[0]}, the warm-up ran at {warmed[1]}x{warmed[0]}: "
+                               "this first frame pays the set-up at this size (set model.input_width/height, or "
+                               "deactivate + activate to warm up at the camera's size)")
+        return True
 
     # ------------------------------------------------------------------ diagnostics
 
@@ -408,7 +559,10 @@ class MafsNode(LifecycleNode):
     def _report(self) -> None:
         """Every diagnostics.period: one DiagnosticStatus, plus the silent-stream / never-matching warnings."""
         p = self.p
-        if p is None or self._diag_pub is None:
+        if self._diag_pub is None:
+            return
+        if p is None:
+            self._report_unconfigured()
             return
         now = time.monotonic()
         period, self._last_report = max(now - self._last_report, 1e-3), now
@@ -446,6 +600,9 @@ class MafsNode(LifecycleNode):
         bad = sum(v for k, v in counters.items() if k.startswith("bad_input."))
         if any(pr != "waiting for input" for pr in problems) or counters.get("errors", 0):
             level = diagnostics.WARN
+        if self.last_error:  # e.g. activate failed: the node is up but produces nothing
+            level = diagnostics.ERROR
+            problems.insert(0, self.last_error)
         for pr in problems:
             if pr != "waiting for input":
                 self.get_logger().warning(pr, throttle_duration_sec=p.diagnostics_warn_period)
@@ -453,7 +610,7 @@ class MafsNode(LifecycleNode):
         message = "; ".join(problems) if problems else (
             f"{new_pairs / period:.1f} pairs/s, latency p50 {lat['p50']:.1f} ms" if lat else "active, no frame yet")
         values = {
-            "state": "active" if active else "inactive",
+            "state": self.state_label(),
             "device": str(getattr(self.engine, "device", "released")),
             "precision": str(getattr(self.engine, "precision", "-")),
             "model": self._model_name(),
@@ -468,9 +625,26 @@ class MafsNode(LifecycleNode):
             "dropped": {"replaced": counters.get("dropped.replaced", 0), "stale": counters.get("dropped.stale", 0)},
             "nonfinite_frames": counters.get("nonfinite_frames", 0),
             "errors": counters.get("errors", 0),
+            "time_jumps": {"stamps_thermal": counters.get("time_jumps.stamps_thermal", 0),
+                           "stamps_rgb": counters.get("time_jumps.stamps_rgb", 0),
+                           "clock": counters.get("time_jumps.clock", 0),
+                           "engine_resets": counters.get("time_jumps.engine_resets", 0)},
+            "clamped_stamps": sync_stats.get("clamped_stamps", 0),
+            "camera_size": "x".join(map(str, self._camera_size[::-1])) if self._camera_size else "-",
+            "warmup_size": "x".join(map(str, self._warmed_size[::-1])) if self._warmed_size else "-",
+            "warmup_misses": counters.get("warmup_misses", 0),
             "stamp_diff_s": sync_stats.get("stamp_diff", {}),
             **{k: {s: v[s] for s in ("p50", "p99", "max")} for k, v in sorted(timings.items())},
         }
+        self._diag_pub.publish(diagnostics.make_array(self.get_clock().now().to_msg(),
+                                                      f"{self.get_name()}: fusion pipeline",
+                                                      self.get_fully_qualified_name(), level, message, values))
+
+    def _report_unconfigured(self) -> None:
+        """Before a successful configure: ERROR with the reasons if configure failed, else OK (waiting)."""
+        level = diagnostics.ERROR if self.last_error else diagnostics.OK
+        message = self.last_error or f"{self.state_label()}: waiting for the configure transition"
+        values = {"state": self.state_label(), "errors": "; ".join(self.configure_errors) or "-"}
         self._diag_pub.publish(diagnostics.make_array(self.get_clock().now().to_msg(),
                                                       f"{self.get_name()}: fusion pipeline",
                                                       self.get_fully_qualified_name(), level, message, values))
@@ -491,13 +665,21 @@ class MafsNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=why)
         return SetParametersResult(successful=True)
 
+    def _check_and_apply_parameters(self, changes: list[Parameter]) -> SetParametersResult:
+        """Humble has no post-set callbacks: check, then apply in the same callback."""
+        result = self._check_parameters(changes)
+        if result.successful:
+            self._apply_parameters(changes)
+        return result
+
     def _apply_parameters(self, changes: list[Parameter]) -> None:
         for c in changes:  # a valid value set at runtime replaces a rejected one from the params file
             self._param_errors.pop(c.name, None)
         if self.p is None:
             return  # read at the next configure
-        live = [c for c in changes if c.name in params.SPEC and params.SPEC[c.name].live]
-        later = [c.name for c in changes if c not in live]
+        ours = [c for c in changes if c.name in params.SPEC]  # not use_sim_time & co: rclpy applies those
+        live = [c for c in ours if params.SPEC[c.name].live]
+        later = [c.name for c in ours if not params.SPEC[c.name].live]
         for c in live:
             setattr(self.p, c.name.replace(".", "_"), c.value if not isinstance(c.value, list) else list(c.value))
         if any(c.name.startswith("sync.") for c in live) and self.sync is not None:
@@ -508,21 +690,25 @@ class MafsNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None, engine_factory: EngineFactory | None = None) -> int:
-    """`mafs-node` / `ros2 run mafs_ros mafs_node`."""
-    configure_ros_env()
-    rclpy.init(args=args)
-    node = MafsNode(engine_factory=engine_factory)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
+    """`mafs-node` / `ros2 run mafs_ros mafs_node` [--local]: the robot's DDS set-up unless --local (one host)."""
+    argv, local = split_local_flag(list(sys.argv if args is None else args))
+    configure_entry_point(local)
+    rclpy.init(args=argv)
+    node: MafsNode | None = None
+    try:  # Ctrl-C at any point of start-up ends cleanly
+        node = MafsNode(engine_factory=engine_factory)
+        node.get_logger().info(describe_dds(get_rmw_implementation_identifier(), node.context.get_domain_id()))
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
         if node.get_parameter("autostart").value:
             node.autostart()
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.stop()
-        node.destroy_node()
+        if node is not None:
+            node.stop()
+            node.destroy_node()
         rclpy.try_shutdown()
     return 0
 

@@ -114,8 +114,8 @@ def test_export_is_a_training_folder(pairs_dir: Path, tmp_path: Path) -> None:
     assert len(list_pairs(out / "ir", out / "vi", out / "label", strict=True)) == 8
 
 
-def test_real_pairs_round_trip(shared_data: Path, tmp_path: Path) -> None:
-    d = shared_data / "msrs"
+def test_real_pairs_round_trip(sample_data: Path, tmp_path: Path) -> None:
+    d = sample_data / "msrs"
     names = ["00004N", "00537D"]
     bag = tmp_path / "real"
     make_bag(d / "ir", d / "vi", bag, cfg=MakeConfig(rate=10), names=names)

@@ -44,7 +44,7 @@ def _write_split(base: Path, ir_dir: str, vi_dir: str, lab_dir: str | None, n: i
             cv2.imwrite(str(base / lab_dir / f"s{i:03d}.png"), label)
 
 
-def _check_sample(s: dict, h: int = H, w: int = W, labelled: bool = True) -> None:
+def _check_sample(s: dict, h: int = H, w: int = W, labelled: bool = True, num_classes: int = 3) -> None:
     assert s["ir"].shape == (1, h, w) and s["ir"].dtype == torch.float32
     assert s["vis"].shape == (3, h, w) and s["vis"].dtype == torch.float32
     assert s["label"].shape == (h, w) and s["label"].dtype == torch.long
@@ -52,7 +52,7 @@ def _check_sample(s: dict, h: int = H, w: int = W, labelled: bool = True) -> Non
     assert 0.0 <= float(s["vis"].min()) and float(s["vis"].max()) <= 1.0
     assert bool(s["has_label"]) == labelled
     if labelled:
-        assert set(s["label"].unique().tolist()) <= {0, 1, 2}
+        assert set(s["label"].unique().tolist()) <= set(range(num_classes))
     else:
         assert (s["label"] == 255).all()
 
@@ -199,13 +199,17 @@ def test_errors_are_clear(tmp_path: Path) -> None:
 
 
 def test_real_msrs_and_roadscene(shared_data: Path) -> None:
+    """All 247 MSRS test pairs carry their real 9-class labels (msrs/label); RoadScene has none."""
     recs = list_records("auto", shared_data / "msrs")
-    assert len(recs) == 247
+    assert len(recs) == 247 and all(r.label is not None for r in recs)
     train, val = holdout_split(recs, 10, "train"), holdout_split(recs, 10, "val")
     assert len(val) == 24 and len(train) + len(val) == 247 and not {r.name for r in train} & {r.name for r in val}
     aug = AugmentConfig(resize=[120, 160], crop=[96, 128], scale=[0.8, 1.2])
     s = PairDataset(train[:1], train=True, augment=aug)[0]
-    _check_sample(s, 96, 128, labelled=False)
+    _check_sample(s, 96, 128, labelled=True, num_classes=9)
+    full = PairDataset(recs[:8])  # unaugmented, full size: the real classes are there, none outside 0..8
+    seen = set().union(*(full[i]["label"].unique().tolist() for i in range(len(full))))
+    assert seen <= set(range(9)) and seen - {0}, seen
     ds = build_dataset("auto", shared_data / "roadscene", train=True, augment=AugmentConfig(crop=[256, 320]))
     _check_sample(ds[0], 256, 320, labelled=False)  # smaller images are scaled up to cover the crop
 

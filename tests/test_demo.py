@@ -1,4 +1,4 @@
-"""`mafs demo --frames 6` end to end on real MSRS frames: bag -> node process over DDS -> recorded outputs -> report."""
+"""`mafs demo --frames 6` end to end on the MSRS samples: bag -> node process over DDS -> recorded outputs -> report."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ pytest.importorskip("rclpy", reason="rclpy wheels not installed")
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_demo_end_to_end(shared_data: Path, tmp_path: Path) -> None:
+def test_demo_end_to_end(sample_data: Path, tmp_path: Path) -> None:
     from mafs_core.weights import default_checkpoint
 
     try:
@@ -25,7 +25,7 @@ def test_demo_end_to_end(shared_data: Path, tmp_path: Path) -> None:
     except FileNotFoundError:  # TRAIN has not shipped weights yet: same pipeline, untrained network
         weights = ["--random-init", "mafs_t"]
     out = tmp_path / "demo_out"
-    r = subprocess.run([sys.executable, "-m", "mafs_ros.cli", "demo", "--data", str(shared_data / "msrs"),
+    r = subprocess.run([sys.executable, "-m", "mafs_ros.cli", "demo", "--data", str(sample_data / "msrs"),
                         "--out", str(out), "--frames", "6", *weights], cwd=REPO, capture_output=True, text=True,
                        timeout=230)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -44,10 +44,10 @@ def test_demo_end_to_end(shared_data: Path, tmp_path: Path) -> None:
     assert (out / "output_bag" / "metadata.yaml").exists() and (out / "input_bag" / "metadata.yaml").exists()
 
 
-def test_demo_without_weights_says_so(tmp_path: Path, shared_data: Path) -> None:
+def test_demo_without_weights_says_so(tmp_path: Path, sample_data: Path) -> None:
     """No shipped weights -> a clear message naming the escape hatch, exit code 2, nothing started."""
     env = {**os.environ, "MAFS_WEIGHTS_DIR": str(tmp_path / "none")}  # set: the only place looked in
-    r = subprocess.run([sys.executable, "-m", "mafs_ros.cli", "demo", "--data", str(shared_data / "msrs"),
+    r = subprocess.run([sys.executable, "-m", "mafs_ros.cli", "demo", "--data", str(sample_data / "msrs"),
                         "--out", str(tmp_path / "o"), "--frames", "2"], cwd=REPO, capture_output=True, text=True,
                        timeout=60, env=env)
     assert r.returncode == 2 and "--random-init" in r.stdout and "mafs_t.safetensors" in r.stdout

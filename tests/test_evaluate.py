@@ -232,3 +232,37 @@ def test_add_many_on_threads_gives_the_serial_report(tmp_path: Path):
     assert np.array_equal(threaded.cm.mat, serial.cm.mat)
     a, b = threaded.finish(tmp_path / "a", {}), serial.finish(tmp_path / "b", {})
     assert a["fusion"] == b["fusion"] and a["segmentation"] == b["segmentation"]
+
+
+@pytest.mark.timeout(240)
+def test_mafs_eval_baseline_teacher_scores_the_teacher_on_the_same_frames(tmp_path: Path, shared_data: Path,
+                                                                          sample_data: Path, monkeypatch):
+    """--baseline-teacher: the MFNet teacher's per-class IoU beside the model's, from the same frames and labels,
+    equal to the teacher's argmax scored by hand."""
+    from mafs_core.io import list_pairs, read_ir, read_label, read_vis
+    from mafs_core.teacher import TeacherSegmenter
+
+    monkeypatch.setenv("MAFS_DATA_ROOT", str(shared_data))
+    root = sample_data / "msrs"
+    out = tmp_path / "eval"
+    rc = mafs_main(["eval", "--ir", str(root / "ir"), "--vis", str(root / "vi"), "--labels", str(root / "label"),
+                    "--out", str(out), "--device", "cpu", "--limit", "3", "--warmup", "0", "--baseline-teacher"])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    teacher = TeacherSegmenter.load(shared_data / "teachers" / "mfnet" / "mfnet_final.pth")
+    cm = ConfusionMatrix(9)
+    for p in list_pairs(root / "ir", root / "vi", root / "label")[:3]:
+        cm.update(teacher.mask(read_ir(p.ir), read_vis(p.vis)), read_label(p.label))
+    t = rep["segmentation_teacher"]
+    assert t["miou"] == pytest.approx(cm.miou(), rel=1e-9)
+    for n, v in zip(MSRS_CLASSES, cm.iou(), strict=True):
+        assert (t["iou"][n] is None) if np.isnan(v) else t["iou"][n] == pytest.approx(v, rel=1e-9), n
+    md = (out / "report.md").read_text()
+    assert "teacher IoU" in md and "the teacher on the same frames" in md
+    # without labels there is nothing to compare: the option is accepted and adds nothing
+    rc = mafs_main(["eval", "--ir", str(root / "ir"), "--vis", str(root / "vi"), "--out", str(tmp_path / "nolab"),
+                    "--device", "cpu", "--limit", "1", "--warmup", "0", "--baseline-teacher"])
+    assert rc == 0 and "segmentation_teacher" not in json.loads((tmp_path / "nolab" / "report.json").read_text())
+    # a missing teacher file is a clear error, not a crash
+    assert mafs_main(["eval", "--ir", str(root / "ir"), "--vis", str(root / "vi"), "--out", str(tmp_path / "x"),
+                      "--device", "cpu", "--limit", "1", "--baseline-teacher", str(tmp_path / "none.pth")]) == 2

@@ -30,8 +30,8 @@ def _engine(**kw) -> FusionSegmenter:
 
 
 @pytest.fixture(scope="module")
-def pairs(shared_data) -> list[tuple[np.ndarray, np.ndarray]]:
-    ps = list_pairs(shared_data / "msrs" / "ir", shared_data / "msrs" / "vi")[:4]
+def pairs(sample_data) -> list[tuple[np.ndarray, np.ndarray]]:
+    ps = list_pairs(sample_data / "msrs" / "ir", sample_data / "msrs" / "vi")[:4]
     return [(read_ir(p.ir), read_vis(p.vis)) for p in ps]
 
 

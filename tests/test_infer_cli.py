@@ -17,7 +17,7 @@ from mafs_core.checkpoint import save_checkpoint
 from mafs_core.model import build_model
 
 REPO = Path(__file__).resolve().parent.parent
-NAMES = ["00004N", "00008N", "00012N"]
+NAMES = ["00004N", "00028N", "00081D"]  # in data/samples/msrs
 
 
 def _mafs(*args: str) -> subprocess.CompletedProcess:
@@ -27,14 +27,14 @@ def _mafs(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def three_pairs(shared_data, tmp_path_factory) -> tuple[Path, Path]:
-    """Three real MSRS pairs (symlinked: the data is never copied) plus one unmatched name to be skipped."""
+def three_pairs(sample_data, tmp_path_factory) -> tuple[Path, Path]:
+    """Three real MSRS sample pairs (symlinked: the data is never copied) plus one unmatched name to be skipped."""
     root = tmp_path_factory.mktemp("pairs")
     for mod in ("ir", "vi"):
         (root / mod).mkdir()
         for n in NAMES:
-            (root / mod / f"{n}.png").symlink_to(shared_data / "msrs" / mod / f"{n}.png")
-    shutil.copy(shared_data / "msrs" / "ir" / "00016N.png", root / "ir" / "only_ir.png")
+            (root / mod / f"{n}.png").symlink_to(sample_data / "msrs" / mod / f"{n}.png")
+    shutil.copy(sample_data / "msrs" / "ir" / "00174D.png", root / "ir" / "only_ir.png")
     return root / "ir", root / "vi"
 
 

@@ -125,15 +125,15 @@ def test_gradients_flow() -> None:
         assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
 
 
-def test_qabf_loss_matches_the_metric_and_its_gradient_raises_qabf(shared_data) -> None:
+def test_qabf_loss_matches_the_metric_and_its_gradient_raises_qabf(sample_data) -> None:
     import cv2
     import numpy as np
 
     from mafs_core.metrics import qabf
 
-    name = sorted((shared_data / "msrs" / "ir").iterdir())[0].name
-    ir = cv2.imread(str(shared_data / "msrs" / "ir" / name), cv2.IMREAD_GRAYSCALE)
-    vis = cv2.cvtColor(cv2.imread(str(shared_data / "msrs" / "vi" / name)), cv2.COLOR_BGR2YCrCb)[..., 0]
+    name = sorted((sample_data / "msrs" / "ir").iterdir())[0].name
+    ir = cv2.imread(str(sample_data / "msrs" / "ir" / name), cv2.IMREAD_GRAYSCALE)
+    vis = cv2.cvtColor(cv2.imread(str(sample_data / "msrs" / "vi" / name)), cv2.COLOR_BGR2YCrCb)[..., 0]
     t = lambda a: torch.from_numpy(a.astype(np.float32) / 255)[None, None]  # noqa: E731
     for fused in (np.maximum(ir, vis), ((ir.astype(np.int32) + vis) // 2).astype(np.uint8)):
         assert 1 - float(qabf_loss(t(fused), t(ir), t(vis))) == pytest.approx(qabf(ir, vis, fused), abs=3e-3)

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import array
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -90,11 +94,14 @@ class Harness:
         wait_for(lambda: self.thermal_pub.get_subscription_count() > 0 and self.rgb_pub.get_subscription_count() > 0
                  and all(self.node._pubs[k].get_subscription_count() > 0 for k in outputs), 20, "discovery")
 
-    def send_pair(self, k: int, thermal_dt: float = 0.0, rgb_encoding: str = "bgr8") -> int:
+    def send_pair(self, k: int, thermal_dt: float = 0.0, rgb_encoding: str = "bgr8", size: tuple[int, int] = (H, W),
+                  stamp: int | None = None) -> int:
         rng = np.random.default_rng(k)
-        stamp = self.probe.get_clock().now().nanoseconds
-        th = rng.integers(0, 65535, (H, W), dtype=np.uint16)
-        rgb = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
+        stamp = self.probe.get_clock().now().nanoseconds if stamp is None else stamp
+        th = rng.integers(0, 65535, size, dtype=np.uint16)
+        rgb = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+        if rgb_encoding in ("bgra8", "rgba8"):  # the same colours with an alpha channel
+            rgb = np.concatenate([rgb, rng.integers(0, 255, (*size, 1), dtype=np.uint8)], axis=2)
         self.thermal_pub.publish(make_image(th, "mono16", stamp + round(thermal_dt * 1e9), f"thermal_{k}"))
         self.rgb_pub.publish(make_image(rgb, rgb_encoding, stamp, f"rgb_{k}"))
         return stamp
@@ -356,3 +363,263 @@ def test_deactivate_releases_engine_and_reactivate_works() -> None:
         h.wait_connected()
         h.send_pair(1)
         wait_for(lambda: len(h.got["fused/image"]) == 2, 30, "output after re-activation")
+
+
+# ---------------------------------------------------------------- what a robot integrator meets
+
+
+class RecordingEngine:
+    """The tiny real engine, recording warm-up sizes and resets (and failing its warm-up when asked)."""
+
+    def __init__(self, fail_warmup: str = ""):
+        self.inner = tiny_engine()
+        self.fail_warmup = fail_warmup
+        self.warmups: list[tuple[int, int]] = []
+        self.resets = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def warmup(self, size, iters):
+        if self.fail_warmup:
+            raise RuntimeError(self.fail_warmup)
+        self.warmups.append(tuple(size))
+        self.inner.warmup(size, iters)
+
+    def reset(self) -> None:
+        self.resets += 1
+        self.inner.reset()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("encoding", ["bgra8", "rgba8"])
+def test_four_channel_rgb_is_fused_like_its_three_channel_form(encoding: str) -> None:
+    """ZED cameras and simulators publish bgra8/rgba8: the alpha channel is ignored, the colours are used."""
+    with harness(f"/t_{encoding}") as h:
+        h.wait_connected()
+        h.send_pair(0, rgb_encoding=encoding[:3] + "8")
+        wait_for(lambda: len(h.got["fused/image"]) == 1, 30, "output of the 3-channel pair")
+        h.send_pair(0, rgb_encoding=encoding)  # same thermal and colours, plus alpha
+        wait_for(lambda: len(h.got["fused/image"]) == 2, 30, f"output of the {encoding} pair")
+        a, b = h.got["fused/image"]
+        assert (b.encoding, b.height, b.width) == ("bgr8", H, W)
+        assert bytes(a.data) == bytes(b.data)
+        wait_for(lambda: len(h.got["segmentation/overlay"]) == 2, 10, "overlay")
+        assert h.got["segmentation/overlay"][1].encoding == "bgr8"
+        assert h.last_diag()["bad_input.rgb"] == "0"
+
+
+@pytest.mark.timeout(90)
+def test_camera_info_is_found_beside_a_remapped_rgb_topic() -> None:
+    cam = "/t_cinfo_cam/color"
+    with harness("/t_cinfo", cli_args=["--ros-args", "-r", f"rgb/image:={cam}/image_raw"]) as h:
+        assert h.node.camera_info_topic() == f"{cam}/camera_info"  # image_pipeline convention
+        h.rgb_pub = h.probe.create_publisher(Image, f"{cam}/image_raw", RELIABLE)
+        h.info_pub = h.probe.create_publisher(CameraInfo, f"{cam}/camera_info", RELIABLE)
+        wait_for(lambda: h.info_pub.get_subscription_count() > 0, 20, "camera_info subscription")
+        h.wait_connected()
+        h.info_pub.publish(CameraInfo(height=H, width=W, k=[40.0, 0, 40, 0, 40, 32, 0, 0, 1]))
+        time.sleep(0.2)
+        h.send_pair(0)
+        wait_for(lambda: h.got["fused/camera_info"], 30, "camera_info next to the outputs")
+        assert h.got["fused/camera_info"][0].k[0] == 40.0
+    explicit = MafsNode(namespace="/t_cinfo2", engine_factory=tiny_engine, cli_args=[
+        "--ros-args", "-r", "rgb/image:=/a/image_raw", "-r", "rgb/camera_info:=/b/info"])
+    try:
+        assert explicit.camera_info_topic() == "/b/info"  # an explicit remap wins
+    finally:
+        explicit.destroy_node()
+
+
+@pytest.mark.timeout(90)
+def test_failed_activation_logs_its_cause_stays_inactive_and_can_be_retried(capfd) -> None:
+    oom = "CUDA out of memory. Tried to allocate 2.00 GiB"
+    with harness("/t_actfail", autostart=False, overrides={"model.warmup_iterations": 1},
+                 engine_factory=lambda _p: RecordingEngine(fail_warmup=oom)) as h:
+        assert not h.node.autostart()
+        assert h.node.state_label() == "inactive"
+        log = capfd.readouterr()
+        text = log.out + log.err
+        assert f"activate failed (RuntimeError): {oom}" in text and "node stays inactive" in text, text
+        d = h.last_diag()
+        assert d["level"] == b"\x02" and oom in d["message"] and d["state"] == "inactive", d  # ERROR
+        h.node.engine_factory = lambda _p: RecordingEngine()  # e.g. another process freed the GPU
+        assert h.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        wait_for(lambda: h.diags[-1]["level"] == b"\x00", 10, "diagnostics back to OK")
+
+
+@pytest.mark.timeout(60)
+def test_configure_failure_reaches_diagnostics() -> None:
+    with harness("/t_cfgfail", autostart=False, overrides={"model.checkpoint": "/nonexistent/m.safetensors"}) as h:
+        d = h.last_diag()
+        assert d["state"] == "unconfigured" and d["level"] == b"\x00"  # waiting, not failed
+        assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        wait_for(lambda: h.diags[-1]["level"] == b"\x02", 10, "an ERROR status")
+        d = h.diags[-1]
+        assert "configure failed" in d["message"] and "model.checkpoint" in d["message"], d
+
+
+@pytest.mark.timeout(60)
+def test_only_the_nodes_own_parameters_wait_for_the_next_configure(capfd) -> None:
+    with harness("/t_plog") as h:
+        capfd.readouterr()
+        assert h.node.set_parameters([Parameter("use_sim_time", value=True)])[0].successful
+        assert h.node.set_parameters([Parameter("use_sim_time", value=False)])[0].successful
+        assert h.node.set_parameters([Parameter("model.device", value="cpu")])[0].successful
+        time.sleep(0.2)
+        log = capfd.readouterr()
+        lines = [ln for ln in (log.out + log.err).splitlines() if "take effect at the next configure" in ln]
+        assert len(lines) == 1 and "model.device take effect" in lines[0], lines
+
+
+@pytest.mark.timeout(90)
+def test_warm_up_follows_the_camera_size_once_known() -> None:
+    engines: list[RecordingEngine] = []
+
+    def factory(_p):
+        engines.append(RecordingEngine())
+        return engines[-1]
+
+    with harness("/t_warm", overrides={"model.warmup_iterations": 1}, engine_factory=factory) as h:
+        assert engines[0].warmups == [(480, 640)]  # nothing known yet
+        h.wait_connected()
+        h.send_pair(0)
+        wait_for(lambda: h.got["fused/image"], 30, "first output")
+        d = h.last_diag()
+        assert (d["camera_size"], d["warmup_size"], d["warmup_misses"]) == (f"{W}x{H}", "640x480", "1")
+        assert "first_frame_at_new_size_ms.max" in d and "latency_ms.p50" not in d  # the one-off is kept apart
+        assert h.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert h.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert engines[-1].warmups == [(H, W)]  # the next activation warms up at the camera's size
+        h.wait_connected()
+        h.send_pair(1)
+        wait_for(lambda: len(h.got["fused/image"]) == 2, 30, "second output")
+        d = h.last_diag()
+        assert d["warmup_misses"] == "1" and "latency_ms.p50" in d
+
+
+@pytest.mark.timeout(90)
+def test_negative_thermal_offset_with_stamps_near_zero_keeps_pairing() -> None:
+    """Sim time or a driver that leaves stamps at 0: thermal stamp + offset < 0 must not end anything."""
+    with harness("/t_zero", overrides={"sync.thermal_time_offset": -0.5, "max_pair_age": 0.0,
+                                       "sync.backend": "builtin"}) as h:
+        h.wait_connected()
+        h.thermal_pub.publish(make_image(np.zeros((H, W), np.uint8), "mono8", 10_000_000, "lonely"))  # 0.01 - 0.5
+        for k in range(3):
+            h.send_pair(k, thermal_dt=0.5, stamp=100_000_000 * (k + 1))  # rgb at 0.1 s .. 0.3 s
+            wait_for(lambda k=k: len(h.got["fused/image"]) > k, 30, f"pair {k}")
+        assert [stamp_of(m) for m in h.got["fused/image"]] == [100_000_000, 200_000_000, 300_000_000]
+        d = h.last_diag()
+        assert d["errors"] == "0" and d["pairs"] == "3"
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("sim_time", [True, False], ids=["use_sim_time", "stamps_only"])
+def test_looping_bag_gives_the_same_pairs_every_pass(tmp_path: Path, sim_time: bool) -> None:
+    """`mafs bag play --loop` over DDS: RGB at 3x the thermal rate, so the queues end each pass full of end-of-bag
+    stamps. Every pass must give all its pairs (later passes gave almost none). With use_sim_time and --clock the
+    clock's jump callback sees the loop first; without, the stamps going back do."""
+    from mafs_core.bag import T0_NS
+    from mafs_core.bagio import BagWriter
+
+    ns, n_rgb, period = "/t_loop", 30, 66_666_667  # 2 s at 15 Hz RGB, 5 Hz thermal: 10 pairs a pass
+    bag = tmp_path / "loop"
+    rng = np.random.default_rng(0)
+    with BagWriter(bag) as w:
+        for k in range(n_rgb):
+            t = T0_NS + k * period
+            w.write_image(f"{ns}/rgb/image", rng.integers(0, 255, (H, W, 3), np.uint8), "bgr8", t, f"rgb_{k}")
+            if k % 3 == 0:
+                w.write_image(f"{ns}/thermal/image", rng.integers(0, 255, (H, W), np.uint8), "mono8", t + 4_000_000,
+                              f"th_{k}")
+    engines: list[RecordingEngine] = []
+
+    def factory(_p):
+        engines.append(RecordingEngine())
+        return engines[-1]
+
+    overrides = {"use_sim_time": sim_time, "sync.backend": "builtin", "qos.input_reliability": "reliable",
+                 "qos.input_depth": 50, "max_pair_age": 10.0 if sim_time else 0.0}  # wall clock: 2023 stamps
+    with harness(ns, overrides=overrides, engine_factory=factory) as h:
+        clock = ["--clock", "100"] if sim_time else []
+        player = subprocess.Popen([sys.executable, "-m", "mafs_ros.cli", "bag", "play", str(bag), "--loop", *clock,
+                                   "--wait-for-subscribers", "1"], cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            def passes() -> list[int]:
+                counts, last = [0], -1
+                for m in list(h.got["fused/image"]):
+                    if stamp_of(m) < last:
+                        counts.append(0)
+                    counts[-1] += 1
+                    last = stamp_of(m)
+                return counts
+
+            wait_for(lambda: len(passes()) >= 4 or player.poll() is not None, 100, "three passes of the bag")
+        finally:
+            if player.poll() is None:
+                player.send_signal(signal.SIGINT)
+            out = player.communicate(timeout=20)[0]
+        assert passes()[:3] == [10, 10, 10], (passes(), out)
+        d = h.last_diag()
+        stamps = int(d["time_jumps.stamps_thermal"]) + int(d["time_jumps.stamps_rgb"])
+        clock = int(d["time_jumps.clock"])
+        assert stamps + clock >= 3 and (clock >= 3 if sim_time else clock == 0), (stamps, clock)  # >= 3 loops seen
+        assert engines[0].resets >= 3 and int(d["time_jumps.engine_resets"]) == engines[0].resets
+        assert d["errors"] == "0"
+
+
+def test_node_imports_and_runs_with_humbles_rclpy_layout() -> None:
+    """Humble's rclpy (3.x) has rclpy.qos_event instead of rclpy.event_handler and no post-set parameter
+    callbacks: simulate that layout in a fresh interpreter, then build, start and reconfigure the node."""
+    code = """
+import sys, types
+import rclpy.event_handler as handlers
+import rclpy.clock, rclpy.executors, rclpy.lifecycle, rclpy.node  # rclpy's own modules load first (real ones)
+humble = types.ModuleType("rclpy.qos_event")
+humble.SubscriptionEventCallbacks = handlers.SubscriptionEventCallbacks
+sys.modules["rclpy.qos_event"], sys.modules["rclpy.event_handler"] = humble, None  # None: ImportError
+del rclpy.node.Node.add_post_set_parameters_callback
+import rclpy
+from rclpy.parameter import Parameter
+import mafs_ros.node as mn
+from mafs_core.engine import FusionSegmenter
+assert mn.SubscriptionEventCallbacks is humble.SubscriptionEventCallbacks
+assert not hasattr(mn.MafsNode, "add_post_set_parameters_callback")
+rclpy.init()
+node = mn.MafsNode(namespace="/t_humble", engine_factory=lambda p: FusionSegmenter.from_variant(
+    "mafs_t", device="cpu", warmup=0), parameter_overrides=[Parameter("model.warmup_iterations", value=0)])
+assert node.autostart() and node.state_label() == "active"
+assert node.set_parameters([Parameter("sync.slop", value=0.2)])[0].successful
+assert node.p.sync_slop == 0.2 and node.sync.slop == 0.2, "live parameter not applied"
+assert not node.set_parameters([Parameter("sync.backend", value="bogus")])[0].successful
+assert node.p.sync_backend == "auto"
+node.stop(); node.destroy_node(); rclpy.shutdown()
+print("humble layout: ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0 and "humble layout: ok" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.timeout(90)
+def test_wait_for_active_returns_only_once_the_node_is_active() -> None:
+    """What replay.launch.py runs before `ros2 bag play`, so a bag's first frames are not published into nothing."""
+    cmd = [sys.executable, "-m", "mafs_ros.lifecycle_wait", "mafs_node", "--timeout", "60", "--ros-args",
+           "-r", "__ns:=/t_wait"]
+    with harness("/t_wait", autostart=False) as h:
+        waiter = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            time.sleep(3.0)  # it has found the service by now (discovery), and sees "unconfigured"
+            assert waiter.poll() is None, waiter.communicate()[0]
+            assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            time.sleep(1.0)
+            assert waiter.poll() is None, "returned while only inactive"
+            assert h.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+            out = waiter.communicate(timeout=30)[0]
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+        assert waiter.returncode == 0 and "/t_wait/mafs_node is active" in out, out
+    gone = subprocess.run([*cmd[:5], "1", *cmd[6:]], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 1 and "not active after 1 s" in gone.stdout, gone.stdout + gone.stderr

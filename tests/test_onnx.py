@@ -28,8 +28,8 @@ def onnx_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def real_pair(shared_data) -> tuple[np.ndarray, np.ndarray]:
-    pair = list_pairs(shared_data / "msrs" / "ir", shared_data / "msrs" / "vi")[0]
+def real_pair(sample_data) -> tuple[np.ndarray, np.ndarray]:
+    pair = list_pairs(sample_data / "msrs" / "ir", sample_data / "msrs" / "vi")[0]
     ir = cv2.resize(read_ir(pair.ir), (WW, HH), interpolation=cv2.INTER_AREA)
     vis = cv2.resize(read_vis(pair.vis), (WW, HH), interpolation=cv2.INTER_AREA)
     return ir, vis
@@ -92,10 +92,10 @@ def test_fixed_shape_model_resizes_other_frame_sizes(onnx_file):
         assert res.fused_bgr.shape == (100, 150, 3) and res.mask.shape == (100, 150) and int(res.mask.max()) < 9
 
 
-def test_infer_cli_with_onnx_model(onnx_file, shared_data, tmp_path):
+def test_infer_cli_with_onnx_model(onnx_file, sample_data, tmp_path):
     out = tmp_path / "out"
-    assert mafs(["infer", "--ir", str(shared_data / "msrs" / "ir"), "--vis", str(shared_data / "msrs" / "vi"),
+    assert mafs(["infer", "--ir", str(sample_data / "msrs" / "ir"), "--vis", str(sample_data / "msrs" / "vi"),
                  "--out", str(out), "--checkpoint", str(onnx_file), "--limit", "1", "--device", "cpu", "-q"]) == 0
-    name = list_pairs(shared_data / "msrs" / "ir", shared_data / "msrs" / "vi")[0].name
+    name = list_pairs(sample_data / "msrs" / "ir", sample_data / "msrs" / "vi")[0].name
     mask = cv2.imread(str(out / "mask" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (480, 640) and int(mask.max()) < 9  # network at 240x320, outputs at the RGB size

@@ -163,3 +163,76 @@ def test_auto_backend_and_bad_name() -> None:
     assert sync.make_sync("auto", 5, 0.05, 0.0, lambda t, r: None).name == sync.available_backends()[0]
     with pytest.raises(ValueError, match=r"sync\.backend"):
         sync.make_sync("nope", 5, 0.05, 0.0, lambda t, r: None)
+
+
+# ---------------------------------------------------------------- time going backwards (bag loops, clock resets)
+
+
+def looped_bag(passes: int = 3, seconds: float = 10.0, rgb_hz: float = 30.0, thermal_hz: float = 9.0) -> list:
+    """A bag played ``passes`` times: (stream, stamp, (pass, stream, index)) in playback order."""
+    one = sorted([(1, k / rgb_hz) for k in range(round(seconds * rgb_hz))]
+                 + [(0, k / thermal_hz + 0.004) for k in range(round(seconds * thermal_hz))], key=lambda e: e[1])
+    return [(s, t, (n, s, i)) for n in range(passes) for i, (s, t) in enumerate(one)]
+
+
+def pairs_per_pass(matches: list, passes: int) -> list[int]:
+    return [sum(m.items[0][0] == n for m in matches) for n in range(passes)]
+
+
+def test_looping_bag_pairs_the_same_every_pass_once_jumps_back_are_detected() -> None:
+    events = looped_bag()
+    # message_filters' policy (and this class without jump_back): both queues fill with end-of-bag stamps,
+    # every later message is older than all of them and is evicted on arrival
+    starved = ApproxTimePairer(queue_size=10, slop=0.05)
+    assert pairs_per_pass(feed(starved, events), 3) == [90, 4, 4]
+    p = ApproxTimePairer(queue_size=10, slop=0.05, jump_back=1.0)
+    assert pairs_per_pass(feed(p, events), 3) == [90, 90, 90]
+    assert sum(p.stats.jumps_back) == 2  # once per loop: the first stream to go back clears both queues
+    assert p.stats.received == [270, 900] and p.stats.matched == 270
+
+
+def test_jump_back_keeps_late_frames_and_a_constant_camera_offset() -> None:
+    p = ApproxTimePairer(queue_size=10, slop=0.05, jump_back=1.0)
+    for k in range(20):  # thermal 5 s behind RGB, uncorrected: never a "jump", just no pairs
+        assert p.add(1, 100.0 + 0.1 * k, k) is None
+        assert p.add(0, 95.0 + 0.1 * k, k) is None
+    assert p.stats.jumps_back == [0, 0]
+    q = ApproxTimePairer(queue_size=10, slop=0.05, jump_back=1.0)
+    q.add(1, 10.0, "r0")
+    q.add(1, 10.5, "r1")
+    m = q.add(0, 10.49, "late")  # out of order by 0.01 s within a stream's history: pairs as usual
+    assert m is not None and m.items == ("late", "r1") and q.stats.jumps_back == [0, 0]
+    q.add(0, 12.0, "t")
+    m = q.add(0, 10.0, "back")  # 2 s back: "t" (later than the jump + 1 s) is dropped, r0 at 10.0 stays
+    assert m is not None and m.items == ("back", "r0") and q.stats.jumps_back == [1, 0]
+    assert q.pending() == (0, 0) and q.stats.unmatched == [1, 0]
+    with pytest.raises(ValueError):
+        ApproxTimePairer(jump_back=1.0).add(3, 0.0, None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_recovers_from_a_bag_loop_and_says_so(backend: str) -> None:
+    passes: list[int] = []
+    jumps: list[tuple[int, float]] = []
+    s = sync.make_sync(backend, 10, 0.05, 0.0, lambda t, r: passes.append(int(t.header.frame_id)),
+                       on_jump=lambda stream, back: jumps.append((stream, back)))
+    for stream, t, (n, _, _) in looped_bag():
+        (s.add_thermal if stream == 0 else s.add_rgb)(img(100.0 + t, str(n)))
+    assert [passes.count(n) for n in range(3)] == [90, 90, 90]
+    assert len(jumps) == 2 and all(back == pytest.approx(10.0, abs=0.2) for _, back in jumps)
+    st = s.stats()
+    assert st["jumps_back"] == [0, 2] and st["matched"] == 270  # RGB (stamp 0.0) goes back first, once a loop
+
+
+def test_shifted_thermal_stamp_is_never_negative() -> None:
+    from builtin_interfaces.msg import Time as TimeMsg
+    from rclpy.time import Time
+
+    stamp, clamped = sync.shifted_stamp(TimeMsg(sec=0, nanosec=20_000_000), -50_000_000)
+    assert (stamp.sec, stamp.nanosec, clamped) == (0, 0, True)
+    Time.from_msg(stamp)  # what message_filters does with it: raised for the unclamped stamp (sec = -1)
+    stamp, clamped = sync.shifted_stamp(TimeMsg(sec=3, nanosec=10), -1_000_000_000)
+    assert (stamp.sec, stamp.nanosec, clamped) == (2, 10, False)
+    shifted = sync._Shifted(img(0.02, "t"), -50_000_000)  # the message_filters path's wrapper
+    assert shifted.clamped and (shifted.header.stamp.sec, shifted.header.stamp.nanosec) == (0, 0)
+    Time.from_msg(shifted.header.stamp)

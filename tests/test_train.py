@@ -19,24 +19,24 @@ import yaml
 from mafs_core.train import LOSS_LOG, load_config, train
 
 REPO = Path(__file__).resolve().parent.parent
-NAMES = ["00004N", "00008N", "00012N", "00016N", "00020N", "00024N"]
+NAMES = ["00004N", "00028N", "00081D", "00174D", "00196D", "00258D"]  # in data/samples/msrs
 
 
 @pytest.fixture(scope="module")
-def pairs(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A few real MSRS pairs (symlinked, never copied) in the generic paired layout."""
+def pairs(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few real MSRS sample pairs (symlinked, never copied) in the generic paired layout."""
     root = tmp_path_factory.mktemp("msrs_few")
     for sub in ("ir", "vi"):
         (root / sub).mkdir()
         for n in NAMES:
-            (root / sub / f"{n}.png").symlink_to(shared_data / "msrs" / sub / f"{n}.png")
+            (root / sub / f"{n}.png").symlink_to(sample_data / "msrs" / sub / f"{n}.png")
     return root
 
 
-TEACHER = REPO.parent / "shared" / "data" / "teachers" / "mfnet" / "mfnet_final.pth"
+TEACHER = Path("teachers") / "mfnet" / "mfnet_final.pth"  # under the full data root (shared_data)
 
 
-def _config(tmp: Path, data_root: Path, stage: str, **train_kw) -> Path:
+def _config(tmp: Path, data_root: Path, stage: str, teacher: Path | None = None, **train_kw) -> Path:
     cfg = {
         "data": {"root": str(data_root), "sources": [{"root": "", "holdout_every": 6}],
                  "augment": {"resize": [96, 128], "crop": [64, 96], "scale": [0.9, 1.1]},
@@ -48,8 +48,8 @@ def _config(tmp: Path, data_root: Path, stage: str, **train_kw) -> Path:
         "train": {"stage": stage, "steps": 30, "out_dir": str(tmp / f"run_{stage}"), "ckpt_every": 1000,
                   "val_every": 1000, "progress": False, "seed": 1, "threads": 1, **train_kw},
     }
-    if stage == "joint":
-        cfg["teacher"] = {"path": str(TEACHER), "allow_pickle": True}
+    if teacher is not None:
+        cfg["teacher"] = {"path": str(teacher), "allow_pickle": True}
     path = tmp / f"{stage}_{len(list(tmp.glob('*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -79,11 +79,13 @@ def test_config_and_overrides(tmp_path: Path, pairs: Path) -> None:
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("stage", ["mae", "joint"])
-def test_short_real_run_lowers_loss(tmp_path: Path, pairs: Path, stage: str) -> None:
+def test_short_real_run_lowers_loss(tmp_path: Path, pairs: Path, stage: str, request: pytest.FixtureRequest) -> None:
     from mafs_core.checkpoint import load_checkpoint
 
     joint = stage == "joint"
-    cfg_path = _config(tmp_path, pairs, stage, ema=0.9 if joint else 0.0, class_bias_images=2 if joint else 0)
+    teacher = request.getfixturevalue("shared_data") / TEACHER if joint else None  # MFNet weights: full data
+    cfg_path = _config(tmp_path, pairs, stage, teacher, ema=0.9 if joint else 0.0,
+                       class_bias_images=2 if joint else 0)
     # the joint run also takes the optional parts: the Q^{AB/F} fusion term and CutMix batches
     summary = train(load_config(cfg_path, ["loss.w_qabf=0.5", "data.augment.cutmix=0.5"] if joint else []),
                     command="pytest")
@@ -128,7 +130,7 @@ def test_time_limit_stops_early_and_still_exports(tmp_path: Path, pairs: Path) -
 
 
 @pytest.mark.timeout(240)
-def test_trainable_prefixes_leave_the_rest_bit_identical(tmp_path: Path, pairs: Path) -> None:
+def test_trainable_prefixes_leave_the_rest_bit_identical(tmp_path: Path, pairs: Path, shared_data: Path) -> None:
     """train.trainable=[fusion]: the fusion head learns; every other tensor, BN statistics included, is unchanged."""
     from mafs_core.checkpoint import load_checkpoint, save_checkpoint
     from mafs_core.model import build_model
@@ -137,7 +139,7 @@ def test_trainable_prefixes_leave_the_rest_bit_identical(tmp_path: Path, pairs: 
     init = tmp_path / "init.safetensors"
     save_checkpoint(init, build_model("mafs_t", num_classes=9))
     before = load_checkpoint(init)[0].state_dict()
-    cfg = _config(tmp_path, pairs, "joint", steps=6, init_from=str(init), trainable=["fusion"],
+    cfg = _config(tmp_path, pairs, "joint", shared_data / TEACHER, steps=6, init_from=str(init), trainable=["fusion"],
                   precise_bn_images=0)
     train(load_config(cfg), command="pytest")
     after = load_checkpoint(tmp_path / "run_joint" / "final.safetensors")[0].state_dict()
