@@ -17,6 +17,7 @@ COMMANDS: tuple[str, ...] = (
     "mafs_core.train",       # mafs train
     "mafs_core.evaluate",    # mafs eval
     "mafs_core.bag",         # mafs bag make|eval|export
+    "mafs_core.registration",  # mafs register
 )
 
 

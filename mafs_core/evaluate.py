@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from mafs_core.boxes import BOX_FORMATS, Box, BoxScores, BoxSource, draw_boxes
 from mafs_core.classes import default_palette
 from mafs_core.metrics import FUSION_METRICS, ConfusionMatrix, baseline_fusions, binary_masks, fusion_metrics, to_gray
 from mafs_core.report import Sample, markdown_report, plot_iou, plot_samples, write_json
@@ -108,7 +109,8 @@ class Evaluator:
 
     def __init__(self, class_names: Sequence[str], palette: np.ndarray | None = None,
                  label_mode: str | LabelMode = "multiclass", baselines: bool = False, num_samples: int = 6,
-                 thumb_width: int = 320, metrics: Sequence[str] = FUSION_METRICS, keep_per_image: bool = True):
+                 thumb_width: int = 320, metrics: Sequence[str] = FUSION_METRICS, keep_per_image: bool = True,
+                 box_classes: Sequence[int] | None = None, box_info: dict | None = None):
         self.class_names = list(class_names)
         self.palette = np.asarray(palette if palette is not None else default_palette(len(self.class_names)), np.uint8)
         self.label_mode = parse_label_mode(label_mode, self.class_names)
@@ -126,6 +128,9 @@ class Evaluator:
         self.num_images = 0
         self.num_labelled = 0
         self.teacher_cm: ConfusionMatrix | None = None  # --baseline-teacher: the teacher on the same frames
+        # --boxes: box scores of the mask (mafs_core.boxes), for frames given with a box list
+        self.box_scores = BoxScores(box_classes, self.class_names) if box_classes is not None else None
+        self.box_info = dict(box_info or {})
         self._sums: dict[tuple[str | None, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self._counts: dict[str | None, int] = defaultdict(int)
         self._pred_pixels = np.zeros(len(self.class_names), np.int64)
@@ -151,13 +156,16 @@ class Evaluator:
             log.warning("%s%s", msg, " (further ones only counted)" if n == 3 else "")
 
     def add(self, name: str, ir: np.ndarray, vis_bgr: np.ndarray, result: ResultLike,
-            label: np.ndarray | None = None) -> dict[str, Any]:
+            label: np.ndarray | None = None, boxes: Sequence[Box] | None = None) -> dict[str, Any]:
         """Evaluate one frame; returns its per-image record (metrics per method, IoU when labelled).
+
+        `boxes` (in pixels of the visible image; None = no box labels) are scored when the evaluator has
+        box_classes, and drawn on the frame's sample thumbnail.
 
         A frame that cannot be scored (wrong dtype, sizes that do not match, images too small) is
         recorded under "skipped" and returns {"name", "skipped"}: evaluation of a stream never stops on it.
         """
-        return self._commit(name, result, self._try_score(name, ir, vis_bgr, result, label))
+        return self._commit(name, result, self._try_score(name, ir, vis_bgr, result, label, boxes))
 
     def add_many(self, frames: Sequence[tuple], pool: Executor | None = None) -> list[dict[str, Any]]:
         """add(*frame) for each frame. With a thread pool the frames are scored in parallel (OpenCV and NumPy
@@ -178,7 +186,7 @@ class Evaluator:
         if isinstance(scored, ValueError):
             self.skip(name, str(scored))
             return {"name": name, "skipped": str(scored)}
-        record, cm, ir8, vis_bgr, mask = scored
+        record, cm, ir8, vis_bgr, mask, box_counts, boxes = scored
         # Commit only after everything was computed, so a bad frame leaves no partial sums behind.
         cond = record["condition"]
         for key in {None, cond}:
@@ -192,16 +200,18 @@ class Evaluator:
             self.cm.mat += cm.mat
             self.cm.invalid_predictions += cm.invalid_predictions
             self.num_labelled += 1
+        if box_counts is not None:
+            self.box_scores.add_counts(box_counts)
         for k, v in (getattr(result, "timings", None) or {}).items():
             self._timings[k].append(float(v))
-        self._keep_sample(name, cond, ir8, vis_bgr, result, mask)
+        self._keep_sample(name, cond, ir8, vis_bgr, result, mask, boxes)
         self.num_images += 1
         if self.keep_per_image:
             self.per_image.append(record)
         return record
 
     def _score(self, name: str, ir: np.ndarray, vis_bgr: np.ndarray, result: ResultLike,
-               label: np.ndarray | None) -> tuple[dict, ConfusionMatrix | None, np.ndarray, np.ndarray, np.ndarray]:
+               label: np.ndarray | None, boxes: Sequence[Box] | None = None) -> tuple:
         """Everything add() needs, computed without touching the accumulators (may raise ValueError)."""
         vis_bgr = vis_bgr if vis_bgr.ndim == 3 else cv2.cvtColor(vis_bgr, cv2.COLOR_GRAY2BGR)
         ir8 = ir_to_uint8(ir)
@@ -237,7 +247,11 @@ class Evaluator:
                 record["miou"] = cm.miou()
                 if self.label_mode.kind == "binary":
                     record[f"iou_{self.label_mode.class_name}"] = float(cm.iou()[1])
-        return record, cm, ir8, vis_bgr, mask
+        box_counts = None
+        if boxes is not None and self.box_scores is not None:
+            box_counts = self.box_scores.frame_counts(mask, boxes)
+            record["num_boxes"] = len(boxes)
+        return record, cm, ir8, vis_bgr, mask, box_counts, boxes
 
     def add_teacher(self, mask: np.ndarray, label: np.ndarray) -> None:
         """Score a baseline segmenter's mask (the MFNet teacher) against the same label, in the same mode."""
@@ -251,15 +265,18 @@ class Evaluator:
         self.teacher_cm.update(pred, gt)
 
     def _keep_sample(self, name: str, cond: str | None, ir8: np.ndarray, vis_bgr: np.ndarray,
-                     result: ResultLike, mask: np.ndarray) -> None:
+                     result: ResultLike, mask: np.ndarray, boxes: Sequence[Box] | None = None) -> None:
         """First num_samples frames of each condition (day / night / other): bounded, and the grid can mix them."""
         if len(self._samples[cond]) >= self.num_samples:
             return
         overlay = result.overlay if getattr(result, "overlay", None) is not None else \
             make_overlay(vis_bgr, mask, self.palette)
         w = self.thumb_width
+        thumb = _thumb(overlay, w)
+        if boxes:
+            thumb = draw_boxes(thumb, boxes, self.palette, scale=thumb.shape[1] / overlay.shape[1])
         self._samples[cond].append(Sample(name, _thumb(ir8, w), _thumb(vis_bgr, w), _thumb(result.fused_bgr, w),
-                                          _thumb(overlay, w)))
+                                          thumb))
 
     def samples(self) -> list[Sample]:
         """Up to num_samples thumbnails, taken in turn from each condition (day, night, other)."""
@@ -301,6 +318,8 @@ class Evaluator:
             if self.teacher_cm is not None and self.teacher_cm.mat.sum():
                 rep["segmentation_teacher"] = {"label_mode": str(self.label_mode),
                                                **self.teacher_cm.to_dict(self.seg_names)}
+        if self.box_scores is not None and self.box_scores.num_images:
+            rep["boxes"] = {**self.box_info, **self.box_scores.to_dict()}
         if self._timings:
             rep["timings_ms"] = {k: _stats(v) for k, v in self._timings.items()}
         rep["warnings"] = dict(self.warnings)
@@ -362,6 +381,14 @@ def register(subparsers: argparse._SubParsersAction, registry: dict) -> None:
     p.add_argument("--baseline-teacher", nargs="?", const="default", metavar="PTH",
                    help="also score the MFNet teacher's segmentation on the same frames (needs --labels; default "
                         "$MAFS_DATA_ROOT or ../shared/data, then teachers/mfnet/mfnet_final.pth)")
+    p.add_argument("--boxes", type=Path, metavar="DIR",
+                   help="box labels (YOLO .txt folder, VOC .xml folder or one COCO .json): adds box scores of the "
+                        "mask to the report (docs/metrics.md, 'Box labels') and draws the boxes on samples.png")
+    p.add_argument("--box-format", default="auto", choices=("auto", *BOX_FORMATS),
+                   help="format of --boxes (default: auto, from the files)")
+    p.add_argument("--box-classes", metavar="MAP",
+                   help="file class -> model class, e.g. 0:person,1:bike,2:car (MSRS; needed for YOLO); "
+                        "COCO/VOC default to matching category names, NAME:- drops a class")
     p.add_argument("--samples", type=int, default=6, help="rows in samples.png")
     p.add_argument("--save-fused", action="store_true",
                    help="also write OUT/fused/NAME.png (fused BGR) and OUT/mask/NAME.png (class ids)")
@@ -396,8 +423,17 @@ def run_eval(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}")
         return 2
+    box_source = None
+    if args.boxes is not None:
+        try:
+            box_source = BoxSource(args.boxes, engine.class_names, args.box_format, args.box_classes)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}")
+            return 2
     ev = Evaluator(engine.class_names, engine.palette, label_mode=mode, baselines=args.baselines,
-                   num_samples=args.samples)
+                   num_samples=args.samples, box_classes=box_source.classes if box_source else None,
+                   box_info={"dir": str(args.boxes), "format": box_source.format,
+                             "class_map": args.box_classes} if box_source else None)
     teacher = None
     if args.baseline_teacher:
         try:
@@ -413,11 +449,14 @@ def run_eval(args: argparse.Namespace) -> int:
         try:
             ir, vis = read_ir(pair.ir), read_vis(pair.vis)
             label = read_label(pair.label) if pair.label is not None else None
-        except ValueError as exc:
+            boxes = box_source.boxes(pair.name, vis.shape[:2]) if box_source is not None else None
+        except ValueError as exc:  # includes BoxFormatError: a broken box file skips its frame, named
             ev.skip(pair.name, str(exc))
             continue
+        if box_source is not None and boxes is None:
+            ev.warnings["pairs_without_boxes"] += 1
         result = engine.run(ir, vis, rgb_encoding="bgr8", want_color=False, want_overlay=True)
-        ev.add(pair.name, ir, vis, result, label)
+        ev.add(pair.name, ir, vis, result, label, boxes)
         if teacher is not None and label is not None:
             ev.add_teacher(teacher.mask(ir, vis), label)
         if args.save_fused:
@@ -426,6 +465,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 cv2.imwrite(str(args.out / sub / f"{pair.name}.png"), img)
     run = {"ir_dir": str(args.ir), "vis_dir": str(args.vis),
            "labels_dir": str(args.labels) if args.labels else None, "label_mode": str(mode),
+           "boxes_dir": str(args.boxes) if args.boxes else None,
            "checkpoint": f"random-init {args.random_init}" if args.random_init else str(args.checkpoint or "default"),
            "model": engine.describe(), "variant": engine.variant, "device": str(engine.device),
            "precision": str(engine.precision)}
@@ -468,3 +508,8 @@ def _print_summary(rep: dict, out: Path) -> None:
             print(f"  teacher (same frames): mIoU={f(t['miou'])}  acc={f(t['pixel_accuracy'])}")
             print("  " + "  ".join(f"{n}={f(seg['iou'][n])}/{f(t['iou'][n])}" for n in seg["class_names"])
                   + "   (model/teacher IoU)")
+    box = rep.get("boxes")
+    if box:
+        m = box["mean"]
+        print(f"  boxes ({box['num_images']} images, mean over classes): "
+              + "  ".join(f"{k}={'n/a' if m[k] is None else f'{m[k]:.4f}'}" for k in m))

@@ -58,6 +58,24 @@ def fusion_table(fusion: dict[str, dict[str, float]], metrics: Sequence[str] = F
     return "\n".join(lines)
 
 
+def box_table(boxes: dict) -> str:
+    """The "boxes" section of a report (mafs_core.boxes.BoxScores.to_dict): one row per box class."""
+    out = [f"## Box labels ({boxes['num_images']} images with box files)", "",
+           f"Boxes found: share of boxes with >= {boxes['min_cover']:.0%} of their pixels predicted as the class; "
+           "pixels in boxes: share of the predicted pixels inside a box of the class; box F: their harmonic mean; "
+           f"component F1: connected components (>= {boxes['min_area']} px) matched to boxes at IoU >= "
+           f"{boxes['iou_threshold']}. Pooled over images; see docs/metrics.md.", "",
+           "| class | boxes | boxes found | pixels in boxes | box F | component F1 | TP | FP | FN |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in boxes["per_class"].items():
+        out.append(f"| {name} | {r['boxes']} | {_fmt(r['boxes_found'])} | {_fmt(r['pixels_in_boxes'])} | "
+                   f"{_fmt(r['box_f'])} | {_fmt(r['cc_f1'])} | {r['tp']} | {r['fp']} | {r['fn']} |")
+    m = boxes["mean"]
+    out.append(f"| **mean** | | {_fmt(m['boxes_found'])} | {_fmt(m['pixels_in_boxes'])} | {_fmt(m['box_f'])} | "
+               f"{_fmt(m['cc_f1'])} | | | |")
+    return "\n".join(out)
+
+
 def markdown_report(report: dict) -> str:
     """report.md: the numbers of report.json as tables (per-image values stay in the JSON)."""
     out = ["# MAFS evaluation report", ""]
@@ -95,6 +113,8 @@ def markdown_report(report: dict) -> str:
                 out.append(f"| {name} | {_fmt(seg['iou'][name])} | {seg['gt_pixels'][name]} | "
                            f"{seg['pred_pixels'][name]} |")
         out.append("")
+    if report.get("boxes"):
+        out += [box_table(report["boxes"]), ""]
     if report.get("predicted_class_fraction"):
         out += ["## Predicted class share of pixels", "", "| class | fraction |", "|---|---:|"]
         out += [f"| {k} | {_fmt(v)} |" for k, v in report["predicted_class_fraction"].items()] + [""]

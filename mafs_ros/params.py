@@ -53,8 +53,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("thermal.fixed_low", 0.0, "fixed mode: value mapped to 0 (raw units, e.g. counts or K); "
          "fixed_low = fixed_high = 0 uses the dtype's full range", range=(-1e9, 1e9)),
     Spec("thermal.fixed_high", 0.0, "fixed mode: value mapped to 1", range=(-1e9, 1e9)),
-    Spec("registration.homography", IDENTITY, "3x3 row-major homography mapping thermal pixels to RGB pixels "
-         "(after scaling thermal to the RGB size); identity = cameras already aligned"),
+    Spec("registration.homography", IDENTITY, "3x3 row-major homography mapping the thermal camera's own pixels to RGB "
+         "pixels (what `mafs register` writes); identity = cameras already aligned, a thermal frame of another "
+         "size is then scaled to the RGB size"),
     Spec("overlay.alpha", 0.5, "weight of the class colours in segmentation/overlay", range=(0.0, 1.0)),
     Spec("sync.backend", "auto", "pairing: auto (message_filters if importable, else builtin), message_filters, "
          "builtin", choices=("auto", "message_filters", "builtin"), live=True),

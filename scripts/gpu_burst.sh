@@ -12,20 +12,9 @@
 #   T_TRAIN=seconds of training per run (default 320); EXTRA="key=value ..." appended to every run
 #   (a CPU dry run: DEVICE=cpu T_TRAIN=20 EXTRA="data.batch_size=2 data.augment.crop=[96,128] ...").
 set -u
-OUT=${OUT:-/tmp/gpu_out}
 WORK=${WORK:-/tmp/gpu_burst}
 T=${T_TRAIN:-320}
-DEVICE=${DEVICE:-cuda}
-PY=${PY:-python3}
-mkdir -p "$OUT" "$WORK/logs"
-LOGS=$WORK/logs
-if [ -d .whl ] && [ "$DEVICE" = cuda ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" .whl/*.whl >/dev/null 2>&1
-  export PYTHONPATH=$WORK/site:$PWD
-fi
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 MAFS_DATA_ROOT=$PWD/.gpu/data
-[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$LOGS/gpu.txt"
-$PY -c "import torch, kornia; print('torch', torch.__version__, 'kornia', kornia.__version__)" | tee -a "$LOGS/gpu.txt"
+. "$(dirname "$0")/gpu_env.sh"
 
 if [ "$DEVICE" = cuda ] && [ -z "${SKIP_BENCH:-}" ]; then
   echo "== bag eval throughput: mafs_s, fp16, batch 16, 240 frames of 640x480, one scoring thread per core"

@@ -11,20 +11,11 @@
 #   T1 / T2 = seconds of Stage I / Stage II (default 120 / 360); EXTRA="key=value ..." appended to every run
 #   (a CPU dry run: DEVICE=cpu T1=10 T2=20 EXTRA="data.batch_size=2 data.augment.crop=[96,128]").
 set -u
-OUT=${OUT:-/tmp/gpu_out}
 WORK=${WORK:-/tmp/gpu_seg}
 T1=${T1:-120}
 T2=${T2:-360}
-DEVICE=${DEVICE:-cuda}
-PY=${PY:-python3}
-mkdir -p "$OUT" "$WORK/logs"
-LOGS=$WORK/logs
-if [ -d .whl ] && [ "$DEVICE" = cuda ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" .whl/*.whl >/dev/null 2>&1
-  export PYTHONPATH=$WORK/site:$PWD
-fi
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 MAFS_DATA_ROOT=$PWD/.gpu/data
-[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$LOGS/gpu.txt"
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+. "$(dirname "$0")/gpu_env.sh"
 
 COMMON=(data.root=.gpu/data teacher.path=.gpu/data/teachers/mfnet/mfnet_final.pth train.precision=bf16
         data.batch_size=16 data.num_workers=6 data.repeat=8 train.progress=false train.image_every=100000
