@@ -697,14 +697,19 @@ def main(args: list[str] | None = None, engine_factory: EngineFactory | None = N
     node: MafsNode | None = None
     try:  # Ctrl-C at any point of start-up ends cleanly
         node = MafsNode(engine_factory=engine_factory)
+        executor = SingleThreadedExecutor()  # before the first log line: a Ctrl-C inside its __init__ leaves a
+        executor.add_node(node)              # half-built executor whose __del__ prints a traceback
         node.get_logger().info(describe_dds(get_rmw_implementation_identifier(), node.context.get_domain_id()))
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
         if node.get_parameter("autostart").value:
             node.autostart()
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGINT shuts the context down from rclpy's signal handler; a spin that was about to wait then fails
+        # with RCLError ("context is not valid"). That is the normal end, not an error to print.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.stop()
