@@ -231,19 +231,12 @@ class Evaluator:
             fusions.update(baseline_fusions(ir8, vis_y))
         for method, fused in fusions.items():
             record[method] = fusion_metrics(ir8, vis_y, fused, self.metrics)
-        cm = None
+        cm = self._frame_cm(mask, label) if label is not None else None
         if label is not None:
-            label = label if label.ndim == 2 else label[..., 0]
-            if label.shape != mask.shape:
-                self._warn("label_shape_mismatch", f"{name}: label {label.shape} does not match mask {mask.shape}; "
-                                                   "not scored")
+            if cm is None:
+                self._warn("label_shape_mismatch", f"{name}: label {label.shape[:2]} does not match mask "
+                                                   f"{mask.shape}; not scored")
             else:
-                if self.label_mode.kind == "binary":
-                    pred, gt = binary_masks(mask, label, self.label_mode.class_id)
-                else:
-                    pred, gt = mask, label
-                cm = ConfusionMatrix(self.cm.num_classes, ignore_index=self.cm.ignore_index)
-                cm.update(pred, gt)
                 record["miou"] = cm.miou()
                 if self.label_mode.kind == "binary":
                     record[f"iou_{self.label_mode.class_name}"] = float(cm.iou()[1])
@@ -253,16 +246,25 @@ class Evaluator:
             record["num_boxes"] = len(boxes)
         return record, cm, ir8, vis_bgr, mask, box_counts, boxes
 
-    def add_teacher(self, mask: np.ndarray, label: np.ndarray) -> None:
-        """Score a baseline segmenter's mask (the MFNet teacher) against the same label, in the same mode."""
+    def _frame_cm(self, mask: np.ndarray, label: np.ndarray) -> ConfusionMatrix | None:
+        """One frame's confusion matrix in the evaluator's label mode; None if label and mask sizes differ."""
         label = label if label.ndim == 2 else label[..., 0]
         if label.shape != mask.shape:
-            return  # add() counts the mismatch once for the frame
+            return None
         pred, gt = binary_masks(mask, label, self.label_mode.class_id) if self.label_mode.kind == "binary" \
             else (mask, label)
+        cm = ConfusionMatrix(self.cm.num_classes, ignore_index=self.cm.ignore_index)
+        cm.update(pred, gt)
+        return cm
+
+    def add_teacher(self, mask: np.ndarray, label: np.ndarray) -> None:
+        """Score a baseline segmenter's mask (the MFNet teacher) against the same label, in the same mode."""
+        cm = self._frame_cm(mask, label)
+        if cm is None:
+            return  # add() counts the mismatch once for the frame
         if self.teacher_cm is None:
             self.teacher_cm = ConfusionMatrix(self.cm.num_classes, ignore_index=self.cm.ignore_index)
-        self.teacher_cm.update(pred, gt)
+        self.teacher_cm.mat += cm.mat
 
     def _keep_sample(self, name: str, cond: str | None, ir8: np.ndarray, vis_bgr: np.ndarray,
                      result: ResultLike, mask: np.ndarray, boxes: Sequence[Box] | None = None) -> None:
