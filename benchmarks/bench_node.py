@@ -1,6 +1,8 @@
-"""End-to-end node benchmark: 640x480 pairs at 30 Hz through real DDS, three processes (spawn).
+"""End-to-end node benchmark: camera pairs at a fixed rate through real DDS, three processes (spawn).
 
     .venv/bin/python benchmarks/bench_node.py [--duration 30] [--rate 30] [--checkpoint weights/mafs_t.safetensors]
+    .venv/bin/python benchmarks/bench_node.py --rgb-size 1920x1080 --thermal-size 640x512 --thermal-encoding mono16 \
+        --thermal-delay-ms 12 --rate 5 --checkpoint weights/mafs_t.safetensors      # a Boson-like rig
 
 publisher process -> node process (mafs_ros.node.main) -> this process (receiver). Reports end-to-end
 latency (output receive time minus header stamp, one host clock), the node's overhead (latency minus the
@@ -12,8 +14,9 @@ benchmarks/results/bench_node.json.
 DDS: single host (loopback discovery), with the shipped shared-memory profile (config/fastdds_shm.xml)
 or, with --dds-profile none, Fast DDS's defaults; `received` (messages that reached the node's
 callbacks, from /diagnostics) against `pairs_sent` is what the transport delivered, whatever the engine
-keeps up with. --input-width/--input-height shrink the network's input so that a large camera size
-measures the transport rather than the CPU.
+keeps up with. --input-size sets the node's model.input_size (default auto: the working resolution; 0 = the
+camera's own size). Frames are real MSRS pairs (../shared/data, else the committed data/samples) resized to
+the two cameras' sizes; mono16 thermal is the 8-bit frame as raw counts (x 64 + 20000, a 14-bit-like range).
 """
 
 from __future__ import annotations
@@ -52,28 +55,42 @@ def _node(args: list[str], variant: str, device: str, use_variant: bool) -> None
     main(args, engine_factory=functools.partial(_engine, variant, device) if use_variant else None)
 
 
-def _frames(n: int, h: int, w: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Real MSRS pairs when ../shared/data is there (resized to h x w), else noise."""
+def _size(text: str) -> tuple[int, int]:
+    """'WxH' -> (H, W)."""
+    w, _, h = text.lower().partition("x")
+    if not (w.isdigit() and h.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r}: use WxH, e.g. 1920x1080")
+    return int(h), int(w)
+
+
+def _frames(n: int, rgb_size: tuple[int, int], th_size: tuple[int, int], th_encoding: str,
+            ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Real MSRS pairs (../shared/data, else data/samples) resized to each camera's (H, W)."""
     import cv2
 
+    from mafs_core.io import list_pairs, read_ir, read_vis
+
     root = Path(os.environ.get("MAFS_DATA_ROOT", REPO.parent / "shared" / "data")) / "msrs"
-    if (root / "ir").is_dir():
-        from mafs_core.io import list_pairs, read_ir, read_vis
+    if not (root / "ir").is_dir():
+        root = REPO / "data" / "samples" / "msrs"
+    out = []
+    for p in list_pairs(root / "ir", root / "vi")[:n]:
+        th = cv2.resize(read_ir(p.ir), th_size[::-1], interpolation=cv2.INTER_AREA)
+        if th_encoding == "mono16":
+            th = th.astype(np.uint16) * 64 + 20000
+        out.append((th, cv2.resize(read_vis(p.vis), rgb_size[::-1], interpolation=cv2.INTER_AREA)))
+    return out
 
-        pairs = list_pairs(root / "ir", root / "vi")[:n]
-        return [(cv2.resize(read_ir(p.ir), (w, h)), cv2.resize(read_vis(p.vis), (w, h))) for p in pairs]
-    rng = np.random.default_rng(0)
-    return [(rng.integers(0, 256, (h, w), np.uint8), rng.integers(0, 256, (h, w, 3), np.uint8)) for _ in range(n)]
 
-
-def _publisher(rate: float, duration: float, h: int, w: int, start: mp.Event, done: mp.Value) -> None:
+def _publisher(rate: float, duration: float, rgb_size: tuple[int, int], th_size: tuple[int, int], th_encoding: str,
+               th_delay_ms: float, start: mp.Event, done: mp.Value) -> None:
     import array
 
     import rclpy
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
-    frames = _frames(16, h, w)
+    frames = _frames(16, rgb_size, th_size, th_encoding)
     rclpy.init()
     node = rclpy.create_node("bench_publisher", namespace=NS)
     pubs = (node.create_publisher(Image, "thermal/image", qos_profile_sensor_data),
@@ -85,9 +102,10 @@ def _publisher(rate: float, duration: float, h: int, w: int, start: mp.Event, do
     while time.monotonic() - t0 < duration:
         th, rgb = frames[k % len(frames)]
         stamp = time.time_ns()
-        for pub, arr, enc in ((pubs[0], th, "mono8"), (pubs[1], rgb, "bgr8")):
-            msg = Image(height=h, width=w, encoding=enc, step=arr.strides[0], data=array.array("B", arr.tobytes()))
-            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+        for pub, arr, enc, late in ((pubs[0], th, th_encoding, th_delay_ms), (pubs[1], rgb, "bgr8", 0.0)):
+            msg = Image(height=arr.shape[0], width=arr.shape[1], encoding=enc, step=arr.strides[0],
+                        data=array.array("B", arr.tobytes()))
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp + round(late * 1e6), 1_000_000_000)
             msg.header.frame_id = "camera"
             pub.publish(msg)
         k += 1
@@ -107,15 +125,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--rate", type=float, default=30.0)
-    ap.add_argument("--width", type=int, default=640)
-    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--rgb-size", type=_size, default=(480, 640), metavar="WxH", help="RGB camera (bgr8)")
+    ap.add_argument("--thermal-size", type=_size, default=None, metavar="WxH", help="thermal camera (default: RGB's)")
+    ap.add_argument("--thermal-encoding", choices=("mono8", "mono16"), default="mono8")
+    ap.add_argument("--thermal-delay-ms", type=float, default=0.0, help="thermal stamps this much later than RGB's")
     ap.add_argument("--checkpoint", default=None, help="default: an untrained --variant")
     ap.add_argument("--variant", default="mafs_t", help="network when no --checkpoint is given")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dds-profile", choices=("shm", "none"), default="shm",
                     help="shm: config/fastdds_shm.xml (default); none: Fast DDS defaults (both loopback only)")
-    ap.add_argument("--input-width", type=int, default=0, help="network input width (0 = the image's)")
-    ap.add_argument("--input-height", type=int, default=0, help="network input height (0 = the image's)")
+    ap.add_argument("--input-size", default="auto", help="model.input_size: auto, 0 or WxH")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_node.json"))
     args = ap.parse_args()
     configure_ros_env(domain_id=unique_domain_id(), log_dir=REPO / "build" / "ros_log")
@@ -131,8 +150,7 @@ def main() -> int:
     from mafs_ros.diagnostics import to_dict
 
     node_args = ["--local", "--ros-args", "-r", f"__ns:={NS}", "-p", f"model.device:={args.device}",
-                 "-p", "model.warmup_iterations:=3", "-p", f"model.input_width:={args.input_width}",
-                 "-p", f"model.input_height:={args.input_height}",
+                 "-p", "model.warmup_iterations:=3", "-p", f"model.input_size:={args.input_size}",
                  "-p", "diagnostics.period:=1.0", "--log-level", "warn"]
     if args.checkpoint:
         node_args += ["-p", f"model.checkpoint:={Path(args.checkpoint).resolve()}"]
@@ -140,7 +158,9 @@ def main() -> int:
     node_proc = ctx.Process(target=_node, args=(node_args, args.variant, args.device, not args.checkpoint), daemon=True)
     node_proc.start()
     start, done = ctx.Event(), ctx.Value("i", 0)
-    pub_proc = ctx.Process(target=_publisher, args=(args.rate, args.duration, args.height, args.width, start, done),
+    th_size = args.thermal_size or args.rgb_size
+    pub_proc = ctx.Process(target=_publisher, args=(args.rate, args.duration, args.rgb_size, th_size,
+                                                    args.thermal_encoding, args.thermal_delay_ms, start, done),
                            daemon=True)
     pub_proc.start()
 
@@ -188,11 +208,14 @@ def main() -> int:
     engine_p50 = float(d.get("engine.total_ms.p50", "nan"))
     result = {
         "name": "bench_node",
-        "settings": {"size": [args.width, args.height], "rate_hz": args.rate, "duration_s": args.duration,
+        "settings": {"rgb_size": f"{args.rgb_size[1]}x{args.rgb_size[0]}",
+                     "thermal": f"{th_size[1]}x{th_size[0]} {args.thermal_encoding}, stamps "
+                                f"{args.thermal_delay_ms:g} ms late",
+                     "rate_hz": args.rate, "duration_s": args.duration,
                      "checkpoint": args.checkpoint or f"untrained {args.variant}", "device": d.get("device"),
                      "precision": d.get("precision"), "sync_backend": d.get("sync_backend"),
                      "dds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "none (Fast DDS defaults)"),
-                     "network_input": [args.input_width, args.input_height] if args.input_width else "image size"},
+                     "model.input_size": args.input_size},
         "host": {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
         "pairs_sent": sent,
         "received": {"thermal": int(d.get("received.thermal", 0)), "rgb": int(d.get("received.rgb", 0))},
@@ -200,6 +223,7 @@ def main() -> int:
                         "note": "RGB stamp to pairing in the node: DDS transport + callback"},
         "outputs": int(lat.size),
         "drop_rate": 1 - lat.size / sent if sent else None,
+        "answered": lat.size / sent if sent else None,
         "latency_ms": {"p50": float(np.median(lat)), "p99": float(np.percentile(lat, 99)), "max": float(lat.max())}
         if lat.size else None,
         "engine_total_ms": {"p50": engine_p50, "p99": float(d.get("engine.total_ms.p99", "nan"))},

@@ -20,5 +20,9 @@ for variant in ${VARIANTS:-mafs_s}; do
   echo "== node, $variant, cuda, 30 Hz"
   timeout 150 "$VENV/bin/python" benchmarks/bench_node.py --device cuda --variant "$variant" --duration "${DURATION:-30}" \
     --out "$OUT/bench_node_cuda_$variant.json" 2>&1 | tail -25
+  echo "== node, $variant, cuda, 30 Hz, 1920x1080 RGB + 640x512 mono16 thermal (docs/cameras.md)"
+  timeout 150 "$VENV/bin/python" benchmarks/bench_node.py --device cuda --variant "$variant" --duration "${DURATION:-30}" \
+    --rgb-size 1920x1080 --thermal-size 640x512 --thermal-encoding mono16 --thermal-delay-ms 12 \
+    --out "$OUT/bench_node_cuda_${variant}_1920x1080.json" 2>&1 | tail -25
 done
 ls -la "$OUT"

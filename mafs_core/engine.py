@@ -4,8 +4,10 @@
     res = seg.run(thermal_u16, bgr_u8)          # res.fused_bgr, res.mask, res.color, res.overlay, res.timings
 
 Pipeline per call: upload uint8/uint16 frames -> thermal normalisation -> registration (homography warp or
-resize into the RGB grid) -> colour order -> optional resize to `input_size` -> network (optionally a CUDA
-graph replay) -> argmax -> resize back -> uint8 fused BGR, palette lookup, overlay -> ONE device->host copy.
+resize into the RGB grid) -> colour order -> resize to the working resolution (`input_size`) -> network
+(optionally a CUDA graph replay) -> back at the RGB camera's resolution: the fused image composed from the
+upsampled blend head and the full-resolution sources, the mask from upsampled logits (bilinear, then argmax),
+confidence -> uint8 fused BGR, palette lookup, overlay -> ONE device->host copy.
 Not thread-safe by design (CUDA graph buffers are shared); a lock serialises concurrent callers.
 """
 
@@ -28,6 +30,7 @@ from torch import nn
 
 from mafs_core.checkpoint import DEFAULT_THERMAL_NORM, load_checkpoint
 from mafs_core.classes import default_class_names, default_palette
+from mafs_core.fullres import channel_argmax, compose_fused_bgr8, confidence, to_bgr8, upsampled_argmax
 from mafs_core.preprocess import (
     ThermalNormalizer,
     as_homography,
@@ -36,6 +39,7 @@ from mafs_core.preprocess import (
     to_tensor,
     visible_to_rgb,
 )
+from mafs_core.sizes import working_size
 
 log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -61,7 +65,10 @@ class EngineConfig:
     thermal_offset: float | None = None
     # 3x3 homography thermal pixels -> RGB pixels (row-major 9 values or 3x3); None = aligned rig
     homography: Any = None
-    input_size: tuple[int, int] | None = None  # network (H, W); None = the RGB image's size
+    # network (H, W): "auto" = about the checkpoint's training size at the camera's aspect ratio (multiples of 32);
+    # (H, W) = exactly that; None or 0 = the RGB image's own size. Outputs are always at the RGB image's size.
+    input_size: Any = "auto"
+    max_input_pixels: int = 8_300_000  # larger RGB frames are refused (ValueError) before any work; 0 = no limit
     overlay_alpha: float = 0.5
     overlay_background: bool = False  # also tint class 0 ("unlabelled"); off keeps the scene readable
     # speed
@@ -93,6 +100,7 @@ class FusionResult:
     color: np.ndarray | None  # HxWx3 uint8 RGB palette colours
     overlay: np.ndarray | None  # HxWx3 uint8 BGR, mask colours blended on the visible image
     timings: dict[str, float] = field(default_factory=dict)  # ms: preprocess, inference, postprocess, total
+    confidence: np.ndarray | None = None  # HxW uint8: max class probability x 255 (when asked for)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -225,9 +233,12 @@ class FusionSegmenter:
             if self._device.type == "cuda" and cfg.cudnn_benchmark:
                 torch.backends.cudnn.benchmark = True  # process-wide; what a deployment wants anyway
             self.model = model
-        # network input size: the configured one, else a fixed-shape ONNX model's, else each RGB frame's own
-        self._net_size = tuple(cfg.input_size) if cfg.input_size else (
-            self._onnx.fixed_size if self._onnx is not None else None)
+        self._net_size, self._auto_target = self._resolve_input_size(cfg.input_size, meta)
+        mcfg = dict(meta.get("config") or {})
+        if model is not None and hasattr(model, "config"):
+            mcfg = {"fusion_head": model.config.fusion_head, "blend_residual": model.config.blend_residual}
+        self._blend = mcfg.get("fusion_head", "direct") == "blend"
+        self._residual = float(mcfg.get("blend_residual", 0.25))
         num_classes = int(meta.get("num_classes") or getattr(getattr(model, "config", None), "num_classes", 0) or 0)
         if num_classes <= 0:
             raise ValueError("cannot tell the number of classes (no metadata['num_classes'] nor model.config)")
@@ -247,6 +258,30 @@ class FusionSegmenter:
         self._forward = self._build_forward()
         if cfg.warmup > 0 and cfg.warmup_size:
             self.warmup(self._net_size or cfg.warmup_size, cfg.warmup)
+
+    def _resolve_input_size(self, input_size: Any, meta: dict) -> tuple[tuple[int, int] | None,
+                                                                     tuple[int, int] | None]:
+        """-> (fixed network size or None, target size of the automatic working resolution or None)."""
+        fixed = self._onnx.fixed_size if self._onnx is not None else None
+        if isinstance(input_size, str):
+            if input_size != "auto":
+                raise ValueError(f"input_size must be 'auto', (H, W) or None, got {input_size!r}")
+            if fixed:
+                return tuple(fixed), None
+            val = ((meta.get("training") or {}).get("config") or {}).get("data", {}).get("val_resize")
+            return None, (tuple(int(v) for v in val) if val else (480, 640))
+        if not input_size:
+            return (tuple(fixed) if fixed else None), None
+        size = tuple(int(v) for v in input_size)
+        if len(size) != 2 or min(size) <= 0:
+            raise ValueError(f"input_size must be (H, W) with positive sides, got {input_size!r}")
+        return size, None
+
+    def network_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The (H, W) the network runs at for an RGB frame of this size."""
+        if self._net_size:
+            return self._net_size
+        return working_size(size, self._auto_target) if self._auto_target else (int(size[0]), int(size[1]))
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -282,25 +317,26 @@ class FusionSegmenter:
         return cls(model, meta, EngineConfig(device=device, precision=precision, **config_overrides),
                    _owns_model=True)
 
-    def _build_forward(self) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """(ir, vis) network-resolution tensors -> (fused RGB float [B,3,h,w], class ids uint8 [B,h,w])."""
+    def _build_forward(self) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
+        """(ir, vis) network-resolution tensors -> (fused RGB [B,3,h,w], fusion head [B,2,h,w] or the fused image
+        again where there is none, logits [B,C,h,w] or class ids [B,h,w] from an ids-only ONNX export)."""
         if self._onnx is not None:
             onnx = self._onnx
 
-            def forward_onnx(ir: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            def forward_onnx(ir: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, ...]:
                 out = onnx.run(ir.float().cpu().numpy(), vis.float().cpu().numpy())
                 fused = torch.from_numpy(out["fused"]).to(self._device)
-                ids = out.get("class_ids")
-                ids = torch.from_numpy(ids) if ids is not None else torch.from_numpy(out["logits"]).argmax(1)
-                return fused, ids.to(self._device, torch.uint8)
+                head = torch.from_numpy(out["fusion_head"]).to(self._device) if "fusion_head" in out else fused
+                seg = out["logits"] if "logits" in out else out["class_ids"].astype(np.uint8)
+                return fused, head, torch.from_numpy(seg).to(self._device)
 
             return forward_onnx
 
         model = self.model
 
-        def forward(ir: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def forward(ir: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, ...]:
             out = model(ir, vis)
-            return out["fused"], out["logits"].argmax(1).to(torch.uint8)
+            return out["fused"], out.get("fusion_head", out["fused"]), out["logits"]
 
         fn = forward
         if self.config.compile:
@@ -309,7 +345,7 @@ class FusionSegmenter:
             self._graphs = _CudaGraphRunner(fn, max_graphs=self.config.max_graphs)
             graphs, eager = self._graphs, fn
 
-            def forward_graphed(ir: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            def forward_graphed(ir: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, ...]:
                 if self._graphs is None:  # capture failed earlier: stay eager
                     return eager(ir, vis)
                 try:
@@ -402,33 +438,34 @@ class FusionSegmenter:
 
     # ---------------------------------------------------------------- inference
     def run(self, thermal: np.ndarray, rgb: np.ndarray, rgb_encoding: str = "bgr8", want_color: bool = True,
-            want_overlay: bool = True) -> FusionResult:
+            want_overlay: bool = True, want_confidence: bool = False) -> FusionResult:
         """One thermal frame (HxW uint8/uint16/float) + one visible frame -> FusionResult at the RGB size."""
-        return self.run_batch([thermal], [rgb], rgb_encoding, want_color, want_overlay)[0]
+        return self.run_batch([thermal], [rgb], rgb_encoding, want_color, want_overlay, want_confidence)[0]
 
     def run_batch(self, thermals: Sequence[np.ndarray], rgbs: Sequence[np.ndarray], rgb_encoding: str = "bgr8",
-                  want_color: bool = True, want_overlay: bool = True) -> list[FusionResult]:
+                  want_color: bool = True, want_overlay: bool = True,
+                  want_confidence: bool = False) -> list[FusionResult]:
         """Several pairs in one network call when sizes agree (else one call each). Timings are per batch."""
         if len(thermals) != len(rgbs):
             raise ValueError(f"{len(thermals)} thermal frames but {len(rgbs)} visible frames")
         if not thermals:
             return []
         ths = [_check_thermal(t) for t in thermals]
-        vis = [_check_visible(v, rgb_encoding) for v in rgbs]
+        vis = [_check_visible(v, rgb_encoding, self.config.max_input_pixels) for v in rgbs]
         same = (len({t.shape for t in ths}) == 1 and len({v.shape for v in vis}) == 1
                 and len({t.dtype for t in ths}) == 1)
         one_at_a_time = self._onnx is not None and self._onnx.fixed_batch == 1
         if len(ths) > 1 and (not same or one_at_a_time):
-            return [self.run_batch([t], [v], rgb_encoding, want_color, want_overlay)[0]
+            return [self.run_batch([t], [v], rgb_encoding, want_color, want_overlay, want_confidence)[0]
                     for t, v in zip(ths, vis, strict=True)]
         with self._lock:
             if self._released:
                 raise RuntimeError("FusionSegmenter was released")
             with torch.inference_mode():
-                return self._run(ths, vis, rgb_encoding, want_color, want_overlay)
+                return self._run(ths, vis, rgb_encoding, want_color, want_overlay, want_confidence)
 
     def _run(self, ths: list[np.ndarray], viss: list[np.ndarray], encoding: str, want_color: bool,
-             want_overlay: bool) -> list[FusionResult]:
+             want_overlay: bool, want_confidence: bool) -> list[FusionResult]:
         dev, cfg = self._device, self.config
         cuda = dev.type == "cuda"
         t0 = time.perf_counter()
@@ -451,7 +488,7 @@ class FusionSegmenter:
         ir = self.normalizer.normalize(th)[:, None]  # [B,1,h,w] float32
         ir = register_thermal(ir, size, self._homography_t)
         vis = visible_to_rgb(vis_u8, encoding)  # [B,3,H,W] RGB float32
-        net_size = self._net_size or size
+        net_size = self.network_size(size)
         dtype = self._io_dtype
         ir_n = resize(ir, net_size).to(dtype)
         vis_n = resize(vis, net_size).to(dtype)
@@ -459,13 +496,13 @@ class FusionSegmenter:
             vis_n = vis_n.contiguous(memory_format=torch.channels_last)
         mark()
         # ---- network
-        fused, ids = self._forward(ir_n, vis_n)
+        fused, head, seg = self._forward(ir_n, vis_n)
         mark()
         # ---- postprocess, all on the device; the graph's static outputs are consumed here
-        fused = resize(fused.float(), size)
-        ids = resize(ids[:, None], size, mode="nearest")[:, 0] if tuple(ids.shape[-2:]) != size else ids
-        fused_bgr = (fused.clamp(0.0, 1.0) * 255.0).round_().to(torch.uint8).flip(1).permute(0, 2, 3, 1)
+        fused_bgr, ids, conf = self._full_resolution(fused, head, seg, ir, vis, size, want_confidence)
         parts = [fused_bgr.reshape(b, -1), ids.reshape(b, -1)]
+        if conf is not None:
+            parts.append(conf.reshape(b, -1))
         color = None
         if want_color or want_overlay:
             color = self._palette_t[ids.long()]  # [B,H,W,3] RGB uint8: palette lookup by index
@@ -502,14 +539,33 @@ class FusionSegmenter:
             off += n3
             mk = row[off:off + n1].reshape(h, w)
             off += n1
-            col = ov = None
+            cf = col = ov = None
+            if conf is not None:
+                cf = row[off:off + n1].reshape(h, w)
+                off += n1
             if want_color:
                 col = row[off:off + n3].reshape(h, w, 3)
                 off += n3
             if want_overlay:
                 ov = row[off:off + n3].reshape(h, w, 3)
-            results.append(FusionResult(fb, mk, col, ov, dict(timings)))
+            results.append(FusionResult(fb, mk, col, ov, dict(timings), cf))
         return results
+
+    def _full_resolution(self, fused: torch.Tensor, head: torch.Tensor, seg: torch.Tensor, ir: torch.Tensor,
+                         vis: torch.Tensor, size: tuple[int, int], want_confidence: bool,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Network outputs at the working resolution -> (fused bgr8, class ids uint8, confidence uint8 or None) at
+        the camera's. Detail comes from the full-resolution sources, boundaries from interpolated logits."""
+        if tuple(fused.shape[-2:]) == size:
+            fused_bgr = to_bgr8(fused.float())
+        elif self._blend and head is not fused:
+            fused_bgr = compose_fused_bgr8(head, ir, vis, self._residual)
+        else:  # a direct head (or an ONNX file without the head output) has nothing to compose from
+            fused_bgr = to_bgr8(resize(fused.float(), size))
+        if seg.dtype == torch.uint8:  # ids-only ONNX export: no logits to interpolate
+            ids = resize(seg[:, None], size, mode="nearest")[:, 0] if tuple(seg.shape[-2:]) != size else seg
+            return fused_bgr, ids, (torch.full_like(ids, 255) if want_confidence else None)
+        return fused_bgr, upsampled_argmax(seg, size), (confidence(seg, size) if want_confidence else None)
 
     def _to_host(self, flat: torch.Tensor) -> np.ndarray:
         if flat.device.type == "cpu":
@@ -523,13 +579,15 @@ class FusionSegmenter:
         return buf.numpy().copy()
 
     def forward_tensors(self, ir: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Network only, on prepared [B,1,h,w] / [B,3,h,w] RGB tensors in [0,1] (benchmarks, evaluation)."""
+        """Network only, on prepared [B,1,h,w] / [B,3,h,w] RGB tensors in [0,1] (benchmarks, evaluation)
+        -> (fused RGB, class ids) at the input size."""
         dtype = self._io_dtype
         ir, vis = ir.to(self._device, dtype), vis.to(self._device, dtype)
         if self._device.type == "cuda" and self.config.channels_last and self._onnx is None:
             vis = vis.contiguous(memory_format=torch.channels_last)
         with self._lock, torch.inference_mode():
-            fused, ids = self._forward(ir, vis)
+            fused, _, seg = self._forward(ir, vis)
+            ids = seg if seg.dtype == torch.uint8 else channel_argmax(seg)
             return fused.float().clone(), ids.clone()
 
     def describe(self) -> str:
@@ -560,7 +618,7 @@ def _check_thermal(t: Any) -> np.ndarray:
     return t
 
 
-def _check_visible(v: Any, encoding: str) -> np.ndarray:
+def _check_visible(v: Any, encoding: str, max_pixels: int = 0) -> np.ndarray:
     if isinstance(v, torch.Tensor):
         v = v.detach().cpu().numpy()
     if not isinstance(v, np.ndarray):
@@ -577,4 +635,7 @@ def _check_visible(v: Any, encoding: str) -> np.ndarray:
         raise ValueError(f"{encoding} visible frame must be HxWx{4 if 'a8' in enc else 3}, got shape {v.shape}")
     if v.size == 0:
         raise ValueError("empty visible frame")
+    if max_pixels and v.shape[0] * v.shape[1] > max_pixels:
+        raise ValueError(f"visible frame {v.shape[1]}x{v.shape[0]} has {v.shape[0] * v.shape[1] / 1e6:.1f} MP, "
+                         f"more than max_input_pixels ({max_pixels / 1e6:.1f} MP): refused")
     return v

@@ -34,8 +34,10 @@ def add_engine_args(p: argparse.ArgumentParser, with_runtime: bool = True) -> No
     g.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     g.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"))
     g.add_argument("--onnx", type=Path, default=None, help="ONNX model for --backend onnxruntime")
-    g.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="run the network at this size (default: the RGB image's size)")
+    g.add_argument("--input-size", type=_input_size, default="auto", metavar="auto|0|WxH",
+                   help="the network's working resolution: auto (about the checkpoint's training size at the image's "
+                        "aspect ratio), WxH (exactly, e.g. 736x416) or 0 (the image's own size); outputs are always "
+                        "at the RGB image's size")
     g.add_argument("--no-cuda-graphs", action="store_true", help="disable CUDA graph capture")
     g.add_argument("--compile", action="store_true", help="torch.compile the network")
     g = p.add_argument_group("thermal and registration")
@@ -53,6 +55,15 @@ def add_engine_args(p: argparse.ArgumentParser, with_runtime: bool = True) -> No
     g.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask colours")
 
 
+def _input_size(text: str) -> Any:
+    from mafs_core.sizes import parse_input_size
+
+    size = parse_input_size(text)
+    if size == "invalid":
+        raise argparse.ArgumentTypeError(f"{text!r}: use auto, 0 or WxH (e.g. 736x416)")
+    return size
+
+
 def load_homography(path: Path) -> np.ndarray:
     if path.suffix == ".npy":
         return np.load(path).astype(np.float64).reshape(3, 3)
@@ -68,7 +79,7 @@ def load_homography(path: Path) -> np.ndarray:
 
 def engine_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     kw: dict[str, Any] = {
-        "backend": args.backend, "input_size": tuple(args.input_size) if args.input_size else None,
+        "backend": args.backend, "input_size": args.input_size,
         "cuda_graphs": not args.no_cuda_graphs, "compile": args.compile, "overlay_alpha": args.alpha,
         "thermal_norm": args.thermal_norm, "thermal_low_pct": args.low_pct, "thermal_high_pct": args.high_pct,
         "thermal_smoothing": args.smoothing, "thermal_gain": args.gain, "thermal_offset": args.offset,

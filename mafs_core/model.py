@@ -8,6 +8,7 @@ segmentation decoder, Stage-I reconstruction heads). Variants `mafs_t/s/b` share
     model = build_model("mafs_s", num_classes=9)
     out = model(ir, vis)            # ir [B,1,H,W], vis [B,3,H,W] RGB, both float in [0,1]
     out["fused"], out["logits"]     # [B,3,H,W] RGB in [0,1], [B,C,H,W]
+    out["fusion_head"]              # [B,2,H,W] blend head (thermal share, residual): compose_fused_y()
 """
 
 from __future__ import annotations
@@ -187,15 +188,27 @@ class FusionDecoder(nn.Module):
         self.out = nn.Conv2d(c0, 2 if self.blend else 1, 3, padding=1)
 
     def forward(self, ir0: torch.Tensor, vis0: torch.Tensor, ir1: torch.Tensor, vis1: torch.Tensor,
-                sem: torch.Tensor, ir: torch.Tensor, vis_y: torch.Tensor) -> torch.Tensor:
+                sem: torch.Tensor, ir: torch.Tensor, vis_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (fused luminance, the head's raw output for compose_fused_y)."""
         h1 = self.refine1(self.phf1(self.afm1(ir1, vis1), sem))  # 1/2: semantics from the seg decoder (1/4)
         h0 = self.afm0(ir0, vis0) + upsample_like(self.up(h1), ir0)
         h0 = self.refine0(self.phf0(h0, h1))  # full res: modulated by the semantically fused 1/2 features
         o = self.out(h0)
-        if not self.blend:
-            return torch.sigmoid(o)
-        a = torch.sigmoid(o[:, :1])  # per-pixel share of the thermal luminance
-        return (a * ir + (1 - a) * vis_y + self.residual * torch.tanh(o[:, 1:])).clamp(0.0, 1.0)
+        return compose_fused_y(o, ir, vis_y, self.blend, self.residual), o
+
+
+def compose_fused_y(head: torch.Tensor, ir: torch.Tensor, vis_y: torch.Tensor, blend: bool = True,
+                    residual: float = 0.25) -> torch.Tensor:
+    """Fused luminance from the fusion head's raw output.
+
+    The blend head predicts, per pixel, the thermal share and a small residual; both are smooth maps, so the
+    engine upsamples them from the network's working resolution and composes with the full-resolution
+    sources: the fused image's detail then comes from the camera pixels, not from upsampling.
+    """
+    if not blend:
+        return torch.sigmoid(head)
+    a = torch.sigmoid(head[:, :1])  # per-pixel share of the thermal luminance
+    return (a * ir + (1 - a) * vis_y + residual * torch.tanh(head[:, 1:])).clamp(0.0, 1.0)
 
 
 class ReconDecoder(nn.Module):
@@ -291,11 +304,13 @@ class MAFS(nn.Module):
             return {"rec_ir": self.rec_ir(e["ir1"], e["ir"])[..., :h, :w],
                     "rec_vis": self.rec_vis(e["vis1"], e["vis"])[..., :h, :w]}
         sem, logits, aux = self.seg(e["fused"], with_aux=self.training)
-        y = self.fusion(e["ir0"], e["vis0"], e["ir1"], e["vis1"], sem, ir_p, kornia.color.rgb_to_y(vis_p))[..., :h, :w]
+        y, head = self.fusion(e["ir0"], e["vis0"], e["ir1"], e["vis1"], sem, ir_p, kornia.color.rgb_to_y(vis_p))
+        y, head = y[..., :h, :w], head[..., :h, :w]
         size = (h + (-h) % self.config.pad_multiple, w + (-w) % self.config.pad_multiple)
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[..., :h, :w]
         aux_logits = [F.interpolate(a, size=size, mode="bilinear", align_corners=False)[..., :h, :w] for a in aux]
-        return {"fused_y": y, "fused": restore_color(y, vis), "logits": logits, "aux_logits": aux_logits}
+        return {"fused_y": y, "fused": restore_color(y, vis), "fusion_head": head, "logits": logits,
+                "aux_logits": aux_logits}
 
     def fuse_bn(self) -> MAFS:
         """Fold conv+BN pairs for inference (eval only; the state_dict changes, so save before fusing)."""

@@ -1,8 +1,9 @@
 """ONNX export of the MAFS network and an onnxruntime session with the same (ir, vis) -> outputs call.
 
 The exported graph is the network only: inputs ``ir`` [B,1,H,W] and ``vis`` [B,3,H,W] RGB float in [0,1];
-outputs ``fused`` [B,3,H,W] RGB in [0,1] and ``logits`` [B,C,H,W] (or ``class_ids`` [B,H,W] int64 with
-outputs="ids"). Pre/post-processing stays in the engine, so the ORT backend and TensorRT share it.
+outputs ``fused`` [B,3,H,W] RGB in [0,1], ``logits`` [B,C,H,W] (or ``class_ids`` [B,H,W] int64 with
+outputs="ids") and, for blend-head variants, ``fusion_head`` [B,2,H,W] (the engine composes the full-resolution
+fused image from it). Pre/post-processing stays in the engine, so the ORT backend and TensorRT share it.
 The checkpoint metadata (classes, palette, thermal defaults) travels in the ONNX ``metadata_props``.
 """
 
@@ -34,10 +35,16 @@ class ExportWrapper(nn.Module):
             raise ValueError(f"outputs must be one of {OUTPUTS}, got {outputs!r}")
         self.model, self.outputs = model, outputs
 
-    def forward(self, ir: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, ir: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(ir, vis)
         second = out["logits"] if self.outputs == "logits" else out["logits"].argmax(1)
+        if has_blend_head(self.model):
+            return out["fused"], second, out["fusion_head"]
         return out["fused"], second
+
+
+def has_blend_head(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "fusion_head", None) == "blend"
 
 
 def export_onnx(model: nn.Module, path: str | Path, height: int = 480, width: int = 640, dynamic: bool = False,
@@ -58,10 +65,12 @@ def export_onnx(model: nn.Module, path: str | Path, height: int = 480, width: in
     ir = torch.rand(batch, 1, height, width)
     vis = torch.rand(batch, 3, height, width)
     out_names = ["fused", "logits" if outputs == "logits" else "class_ids"]
+    if has_blend_head(model):
+        out_names.append("fusion_head")
     dyn = None
     if dynamic:
-        dyn = {"ir": {0: "batch", 2: "height", 3: "width"}, "vis": {0: "batch", 2: "height", 3: "width"},
-               "fused": {0: "batch", 2: "height", 3: "width"}}
+        nchw = {0: "batch", 2: "height", 3: "width"}
+        dyn = {"ir": nchw, "vis": nchw, "fused": nchw, **({"fusion_head": nchw} if len(out_names) > 2 else {})}
         dyn[out_names[1]] = {0: "batch", 2: "height", 3: "width"} if outputs == "logits" else \
             {0: "batch", 1: "height", 2: "width"}
     log = io.StringIO()  # the exporter prints progress lines: keep them for errors only

@@ -142,13 +142,13 @@ def visible_to_rgb(img: torch.Tensor, encoding: str = "bgr8") -> torch.Tensor:
     c = x.shape[-1]
     if c == 1:
         x = x.expand(-1, -1, -1, 3)
-    elif c in (3, 4):
-        x = x[..., :3]
-        if enc in ("bgr8", "bgra8", "8uc3"):  # 8UC3 is OpenCV's BGR by convention
-            x = x.flip(-1)
-    else:
+    elif c not in (3, 4):
         raise ValueError(f"visible image has {c} channels; expected 1, 3 or 4")
-    return x.permute(0, 3, 1, 2).float().div_(255.0)
+    # planar bytes first, then the channel order: flipping an interleaved last dim of 3 is ~2x slower at 1080p
+    x = x[..., :3].permute(0, 3, 1, 2).contiguous()
+    if c > 1 and enc in ("bgr8", "bgra8", "8uc3"):  # 8UC3 is OpenCV's BGR by convention
+        x = x.flip(1)
+    return x.float().div_(255.0)
 
 
 def as_homography(h: np.ndarray | torch.Tensor | list | None) -> np.ndarray | None:
@@ -188,3 +188,4 @@ def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> to
         return F.interpolate(x, size=size, mode="nearest-exact")
     shrink = x.shape[-2] > size[0] or x.shape[-1] > size[1]
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+

@@ -414,5 +414,5 @@ def register(subparsers, registry: dict) -> None:
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the node to come up")
     p.add_argument("--frame-timeout", type=float, default=60.0, help="seconds to wait for the node's answer")
     p.add_argument("--node-param", action="append", metavar="NAME:=VALUE",
-                   help="extra node parameter, e.g. model.input_width:=320 (repeatable)")
+                   help="extra node parameter, e.g. model.input_size:=320x256 (repeatable)")
     p.set_defaults(func=run_demo)

@@ -60,6 +60,7 @@ OUTPUTS = {  # key -> (topic, encoding)
     "mask": ("segmentation/mask", "mono8"),
     "color": ("segmentation/color", "rgb8"),
     "overlay": ("segmentation/overlay", "bgr8"),
+    "confidence": ("segmentation/confidence", "mono8"),  # max class probability x 255, only while subscribed
 }
 INFO_OUTPUTS = ("fused/camera_info", "segmentation/camera_info")
 CLASS_INFO_TOPIC = "segmentation/class_info"
@@ -83,17 +84,19 @@ def default_engine_factory(p: NodeParams) -> Any:
 def engine_overrides(p: NodeParams) -> dict[str, Any]:
     """NodeParams -> mafs_core.engine.EngineConfig fields (warm-up is done at activate, not at load)."""
     cfg: dict[str, Any] = {
-        "input_size": (p.model_input_height, p.model_input_width) if p.model_input_width else None,
+        "input_size": params.parse_input_size(p.model_input_size),
+        "max_input_pixels": p.model_max_input_pixels,
         "homography": None if np.allclose(p.registration_homography, params.IDENTITY) else p.registration_homography,
         "overlay_alpha": p.overlay_alpha,
         "warmup": 0,
     }
     if p.thermal_normalization != "checkpoint":
         fixed = p.thermal_fixed_low != p.thermal_fixed_high
+        gain, offset = params.THERMAL_UNITS[p.thermal_units]
         cfg.update(thermal_norm=p.thermal_normalization, thermal_low_pct=p.thermal_low_percentile,
                    thermal_high_pct=p.thermal_high_percentile, thermal_smoothing=p.thermal_smoothing,
                    thermal_low=p.thermal_fixed_low if fixed else None,
-                   thermal_high=p.thermal_fixed_high if fixed else None)
+                   thermal_high=p.thermal_fixed_high if fixed else None, thermal_gain=gain, thermal_offset=offset)
     return cfg
 
 
@@ -328,10 +331,8 @@ class MafsNode(LifecycleNode):
         super().destroy_node()
 
     def warmup_size(self) -> tuple[int, int]:
-        """(h, w) to warm up at: the network input size if fixed, else the camera's once a frame was seen."""
-        p = self.p
-        if p is not None and p.model_input_width:
-            return p.model_input_height, p.model_input_width
+        """(h, w) to warm up at: the camera's once a frame was seen, else 640x480. The engine then runs the
+        network at its working resolution for that size, and the post-processing at the camera's."""
         return self._camera_size or DEFAULT_WARMUP_SIZE
 
     def _warmup(self, iterations: int) -> None:
@@ -388,6 +389,14 @@ class MafsNode(LifecycleNode):
             conversions.check_image(msg, conversions.THERMAL_ENCODINGS if stream == 0 else conversions.RGB_ENCODINGS)
         except ImageError as exc:
             self._bad_input(name, str(exc))
+            return
+        p = self.p
+        if p is not None and p.model_max_input_pixels and msg.width * msg.height > p.model_max_input_pixels:
+            self.stats.inc(f"refused_oversize.{name}")  # refused here: it never occupies the worker
+            self.get_logger().warning(
+                f"{name} frame {msg.width}x{msg.height} ({msg.width * msg.height / 1e6:.1f} MP) is above "
+                f"model.max_input_pixels ({p.model_max_input_pixels / 1e6:.1f} MP): refused",
+                throttle_duration_sec=self._warn_period())
             return
         sync = self.sync
         if sync is None:
@@ -492,7 +501,9 @@ class MafsNode(LifecycleNode):
         first_at_size = self._note_camera_size((rgb_msg.height, rgb_msg.width))
         want_color = self._pubs["color"].get_subscription_count() > 0
         want_overlay = self._pubs["overlay"].get_subscription_count() > 0
-        result = engine.run(thermal, rgb, rgb_encoding=rgb_encoding, want_color=want_color, want_overlay=want_overlay)
+        want_conf = self._pubs["confidence"].get_subscription_count() > 0
+        result = engine.run(thermal, rgb, rgb_encoding=rgb_encoding, want_color=want_color, want_overlay=want_overlay,
+                            want_confidence=want_conf)
         t2 = time.perf_counter()
         header = rgb_msg.header
         self._pubs["fused"].publish(conversions.numpy_to_image(result.fused_bgr, "bgr8", header))
@@ -501,6 +512,8 @@ class MafsNode(LifecycleNode):
             self._pubs["color"].publish(conversions.numpy_to_image(result.color, "rgb8", header))
         if want_overlay and result.overlay is not None:
             self._pubs["overlay"].publish(conversions.numpy_to_image(result.overlay, "bgr8", header))
+        if want_conf and getattr(result, "confidence", None) is not None:
+            self._pubs["confidence"].publish(conversions.numpy_to_image(result.confidence, "mono8", header))
         info = self._camera_info
         if info is not None:
             out = CameraInfo(header=header, height=info.height, width=info.width,
@@ -533,12 +546,12 @@ class MafsNode(LifecycleNode):
         self._camera_size = size
         p = self.p
         warmed = self._warmed_size
-        if p is None or p.model_input_width or warmed is None or warmed == size:
+        if p is None or warmed is None or warmed == size:
             return False
         self.stats.inc("warmup_misses")
         self.get_logger().info(f"RGB frames are {size[1]}x{size[0]}, the warm-up ran at {warmed[1]}x{warmed[0]}: "
-                               "this first frame pays the set-up at this size (set model.input_width/height, or "
-                               "deactivate + activate to warm up at the camera's size)")
+                               "this first frame pays the set-up at this size (deactivate + activate to warm up "
+                               "at the camera's size)")
         return True
 
     # ------------------------------------------------------------------ diagnostics
@@ -624,6 +637,8 @@ class MafsNode(LifecycleNode):
                           "total": bad},
             "dropped": {"replaced": counters.get("dropped.replaced", 0), "stale": counters.get("dropped.stale", 0)},
             "nonfinite_frames": counters.get("nonfinite_frames", 0),
+            "refused_oversize": {"thermal": counters.get("refused_oversize.thermal", 0),
+                                 "rgb": counters.get("refused_oversize.rgb", 0)},
             "errors": counters.get("errors", 0),
             "time_jumps": {"stamps_thermal": counters.get("time_jumps.stamps_thermal", 0),
                            "stamps_rgb": counters.get("time_jumps.stamps_rgb", 0),

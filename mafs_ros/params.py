@@ -19,6 +19,8 @@ from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValu
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from mafs_core.sizes import parse_input_size
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -29,7 +31,16 @@ class Spec:
     choices: tuple[str, ...] | None = None
     live: bool = False  # applied without reconfiguring
     read_only: bool = False
+    dynamic: bool = False  # any type (checked by check_value): `input_size: 0` in YAML is an integer
 
+
+# Parameters of earlier releases: setting one fails configure with the new name instead of being ignored.
+RENAMED = {"model.input_width": "model.input_size ('WxH', e.g. '640x480', or 'auto')",
+           "model.input_height": "model.input_size ('WxH', e.g. '640x480', or 'auto')"}
+
+# thermal.units -> (gain, offset): degrees Celsius = value * gain + offset (fixed mode's units)
+THERMAL_UNITS = {"raw": (1.0, 0.0), "kelvin": (1.0, -273.15), "kelvin_x10": (0.1, -273.15),
+                 "kelvin_x100": (0.01, -273.15)}
 
 IDENTITY = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
 
@@ -40,17 +51,25 @@ SPECS: tuple[Spec, ...] = (
     Spec("model.device", "auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N"),
     Spec("model.precision", "auto", "auto (fp16 on cuda, fp32 on cpu), fp32, fp16 or bf16",
          choices=("auto", "fp32", "fp16", "bf16")),
-    Spec("model.input_width", 0, "network input width in pixels; 0 = the RGB image's width", range=(0, 8192)),
-    Spec("model.input_height", 0, "network input height in pixels; 0 = the RGB image's height", range=(0, 8192)),
-    Spec("model.warmup_iterations", 2, "dummy inferences at activation, at the input size or 640x480 (keeps "
-         "first-call latency off the live path)", range=(0, 100)),
+    Spec("model.input_size", "auto", "the network's working resolution: auto (about the size the checkpoint was "
+         "trained at, 640x480 for the shipped weights, at the camera's aspect ratio in multiples of 32), WxH "
+         "(exactly, e.g. 736x416) or 0 (the RGB camera's own size: cost grows with the camera). Outputs are always "
+         "at the RGB camera's resolution", dynamic=True),
+    Spec("model.max_input_pixels", 8_300_000, "frames with more pixels than this are refused before any work, "
+         "with a throttled warning and a counter (8.3 MP: 3840x2160 passes); 0 = no limit", range=(0, 1_000_000_000)),
+    Spec("model.warmup_iterations", 2, "dummy inferences at activation, at the working resolution of the camera "
+         "size last seen (640x480 at first): keeps first-call latency off the live path", range=(0, 100)),
     Spec("thermal.normalization", "checkpoint", "thermal to [0,1]: checkpoint (what the model was trained with), "
          "minmax (per frame), percentile (robust, smoothed) or fixed (a radiometric range); the thermal.* "
          "values below apply unless this is checkpoint", choices=("checkpoint", "minmax", "percentile", "fixed")),
     Spec("thermal.low_percentile", 1.0, "percentile mode: lower bound (%)", range=(0.0, 100.0)),
     Spec("thermal.high_percentile", 99.0, "percentile mode: upper bound (%)", range=(0.0, 100.0)),
     Spec("thermal.smoothing", 0.9, "percentile mode: weight of the previous bounds (0 = none)", range=(0.0, 0.999)),
-    Spec("thermal.fixed_low", 0.0, "fixed mode: value mapped to 0 (raw units, e.g. counts or K); "
+    Spec("thermal.units", "raw", "fixed mode: what the camera's values are. raw: fixed_low/high are in the "
+         "camera's own values (counts); kelvin, kelvin_x10, kelvin_x100 (radiometric cameras' linear-temperature "
+         "output, e.g. 30015 = 300.15 K): fixed_low/high are in degrees Celsius",
+         choices=tuple(THERMAL_UNITS)),
+    Spec("thermal.fixed_low", 0.0, "fixed mode: value mapped to 0 (thermal.units: raw values, or degrees C); "
          "fixed_low = fixed_high = 0 uses the dtype's full range", range=(-1e9, 1e9)),
     Spec("thermal.fixed_high", 0.0, "fixed mode: value mapped to 1", range=(-1e9, 1e9)),
     Spec("registration.homography", IDENTITY, "3x3 row-major homography mapping the thermal camera's own pixels to RGB "
@@ -87,13 +106,14 @@ class NodeParams:
     model_checkpoint: str
     model_device: str
     model_precision: str
-    model_input_width: int
-    model_input_height: int
+    model_input_size: str | int  # dynamically typed: see parse_input_size
+    model_max_input_pixels: int
     model_warmup_iterations: int
     thermal_normalization: str
     thermal_low_percentile: float
     thermal_high_percentile: float
     thermal_smoothing: float
+    thermal_units: str
     thermal_fixed_low: float
     thermal_fixed_high: float
     registration_homography: list[float]
@@ -124,7 +144,8 @@ assert [f.name for f in fields(NodeParams)] == [s.name.replace(".", "_") for s i
 def descriptor(spec: Spec) -> ParameterDescriptor:
     text = spec.description + (f" (one of: {', '.join(spec.choices)})" if spec.choices else "")
     desc = ParameterDescriptor(name=spec.name, description=text, read_only=spec.read_only,
-                               additional_constraints=f"one of {list(spec.choices)}" if spec.choices else "")
+                               additional_constraints=f"one of {list(spec.choices)}" if spec.choices else "",
+                               dynamic_typing=spec.dynamic)
     if spec.range is not None:
         lo, hi = spec.range
         if isinstance(spec.default, bool):
@@ -140,6 +161,9 @@ def declare(node: Node) -> dict[str, str]:
     """Declare every parameter; return {name: message} for overrides rejected (their defaults are used instead)."""
     errors: dict[str, str] = {}
     overrides: dict[str, Parameter] = getattr(node, "_parameter_overrides", {})
+    for old, new in RENAMED.items():  # an undeclared name would be ignored without a word
+        if old in overrides:
+            errors[old] = f"parameter '{old}' was replaced by '{new}'"
     for spec in SPECS:
         desc = descriptor(spec)
         try:
@@ -179,6 +203,8 @@ def check_value(name: str, value: Any) -> str | None:
     if name == "registration.homography":
         if len(value) != 9 or not all(math.isfinite(v) for v in value):
             return f"parameter '{name}' rejected: needs 9 finite numbers (row-major 3x3), got {list(value)}"
+    if name == "model.input_size" and parse_input_size(value) == "invalid":
+        return f"parameter '{name}' = {value!r} rejected: must be auto, 0 or WxH (e.g. 640x480)"
     if name == "model.device" and not (value in ("auto", "cpu", "cuda") or value.startswith("cuda:")):
         return f"parameter '{name}' = {value!r} rejected: must be auto, cpu, cuda or cuda:N"
     return None
@@ -193,8 +219,7 @@ def validate(p: NodeParams) -> list[str]:
     if p.thermal_normalization == "fixed" and p.thermal_fixed_high < p.thermal_fixed_low:
         errors.append(f"parameters 'thermal.fixed_low' ({p.thermal_fixed_low}) must be below "
                       f"'thermal.fixed_high' ({p.thermal_fixed_high})")
-    if (p.model_input_width == 0) != (p.model_input_height == 0):
-        errors.append("parameters 'model.input_width' and 'model.input_height' must both be 0 or both be set")
     if p.model_checkpoint and not Path(p.model_checkpoint).expanduser().is_file():
         errors.append(f"parameter 'model.checkpoint': file not found: {p.model_checkpoint}")
     return errors
+

@@ -78,7 +78,7 @@ def test_infer_random_init_and_errors(three_pairs, tmp_path, capsys):
 
     ir, vis = three_pairs
     assert mafs(["infer", "--ir", str(ir), "--vis", str(vis), "--out", str(tmp_path / "r"), "--random-init",
-                 "--limit", "1", "--device", "cpu", "--input-size", "96", "128", "-q"]) == 0
+                 "--limit", "1", "--device", "cpu", "--input-size", "128x96", "-q"]) == 0
     assert cv2.imread(str(tmp_path / "r" / "mask" / f"{NAMES[0]}.png"), cv2.IMREAD_UNCHANGED).shape == (480, 640)
     # a pickle checkpoint is refused without --allow-pickle
     pt = tmp_path / "m.pt"

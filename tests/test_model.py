@@ -42,8 +42,9 @@ def test_joint_shapes_and_ranges(models, name):
             ir, vis = _inputs(b, h, w)
             with torch.no_grad():
                 out = model(ir, vis)
-            assert set(out) == {"fused_y", "fused", "logits", "aux_logits"}
+            assert set(out) == {"fused_y", "fused", "fusion_head", "logits", "aux_logits"}
             assert out["fused_y"].shape == (b, 1, h, w)
+            assert out["fusion_head"].shape == (b, 2, h, w)  # the blend head the engine composes from
             assert out["fused"].shape == (b, 3, h, w)
             assert out["logits"].shape == (b, 9, h, w)
             assert out["aux_logits"] == []  # eval mode: no aux

@@ -73,8 +73,8 @@ class Harness:
         self.rgb_pub = self.probe.create_publisher(Image, "rgb/image", RELIABLE)
         self.info_pub = self.probe.create_publisher(CameraInfo, "rgb/camera_info", RELIABLE)
         self.got: dict[str, list] = {t: [] for t in ("fused/image", "segmentation/mask", "segmentation/color",
-                                                     "segmentation/overlay", "fused/camera_info",
-                                                     "segmentation/camera_info")}
+                                                     "segmentation/overlay", "segmentation/confidence",
+                                                     "fused/camera_info", "segmentation/camera_info")}
         for topic, store in self.got.items():
             msg_type = CameraInfo if topic.endswith("camera_info") else Image
             self.probe.create_subscription(msg_type, topic, store.append, RELIABLE)
@@ -140,7 +140,7 @@ def stamp_of(msg) -> int:
 def test_every_pair_gives_every_output_with_the_rgb_header(backend: str) -> None:
     n = 8
     with harness(f"/t_pairs_{backend}", overrides={"sync.backend": backend}) as h:
-        h.wait_connected(("fused", "mask", "color", "overlay"))
+        h.wait_connected(("fused", "mask", "color", "overlay", "confidence"))
         info = CameraInfo(height=H, width=W, distortion_model="plumb_bob", k=[50.0, 0, 40, 0, 50, 32, 0, 0, 1])
         h.info_pub.publish(info)
         time.sleep(0.2)
@@ -157,6 +157,8 @@ def test_every_pair_gives_every_output_with_the_rgb_header(backend: str) -> None
             assert (m.encoding, m.height, m.width) == ("rgb8", H, W)
         mask = h.got["segmentation/mask"][-1]
         assert mask.encoding == "mono8" and max(mask.data) < 9
+        for m in h.got["segmentation/confidence"]:  # max class probability: never below 1/9
+            assert (m.encoding, m.height, m.width) == ("mono8", H, W) and min(m.data) >= 255 // 9
         assert list(h.got["fused/camera_info"][0].k) == list(info.k)
         d = h.last_diag()
         assert d["sync_backend"] == backend and int(d["pairs"]) == n and int(d["processed"]) == n
@@ -165,16 +167,30 @@ def test_every_pair_gives_every_output_with_the_rgb_header(backend: str) -> None
 
 
 @pytest.mark.timeout(90)
-def test_colour_and_overlay_only_for_subscribers() -> None:
+def test_colour_overlay_and_confidence_only_for_subscribers() -> None:
     with harness("/t_lazy") as h:
-        for sub in [s for s in h.probe.subscriptions if s.topic_name.endswith(("/color", "/overlay"))]:
+        for sub in [s for s in h.probe.subscriptions if s.topic_name.endswith(("/color", "/overlay", "/confidence"))]:
             h.probe.destroy_subscription(sub)
         h.wait_connected()
-        wait_for(lambda: h.node._pubs["color"].get_subscription_count() == 0, 10, "unsubscribe")
+        wait_for(lambda: all(h.node._pubs[k].get_subscription_count() == 0 for k in ("color", "overlay", "confidence")),
+                 10, "unsubscribe")
         h.send_pair(0)
         wait_for(lambda: h.got["segmentation/mask"], 30, "mask")
         time.sleep(0.2)
-        assert h.got["segmentation/color"] == [] and h.got["segmentation/overlay"] == []
+        assert h.got["segmentation/color"] == h.got["segmentation/overlay"] == h.got["segmentation/confidence"] == []
+
+
+@pytest.mark.timeout(90)
+def test_oversized_frames_are_refused_and_the_next_pair_is_answered() -> None:
+    with harness("/t_big", overrides={"model.max_input_pixels": 10_000}) as h:  # 64x80 = 5120 px passes
+        h.wait_connected()
+        h.send_pair(0, size=(120, 160))  # 19 200 px: refused on arrival, never reaches the worker
+        h.send_pair(1)
+        wait_for(lambda: h.got["fused/image"], 30, "the normal pair's output")
+        time.sleep(0.3)
+        assert [m.header.frame_id for m in h.got["fused/image"]] == ["rgb_1"]
+        d = h.last_diag()
+        assert d["refused_oversize.thermal"] == d["refused_oversize.rgb"] == "1", d
 
 
 @pytest.mark.timeout(90)
@@ -309,19 +325,58 @@ def test_params_file_values_and_integer_for_double(tmp_path: Path) -> None:
         node.destroy_node()
 
 
+def test_kelvin_x100_camera_in_degrees_celsius(tmp_path: Path) -> None:
+    """A radiometric camera's Kelvin x 100 output with a 0-50 degC range: 27 degC (30015) -> 0.54."""
+    from mafs_core.engine import EngineConfig
+    from mafs_core.preprocess import ThermalNormalizer
+    from mafs_ros.node import engine_overrides
+
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"thermal": {
+        "normalization": "fixed", "units": "kelvin_x100", "fixed_low": 0, "fixed_high": 50}}}}))
+    node = MafsNode(namespace="/t_kelvin", engine_factory=tiny_engine, cli_args=["--ros-args", "--params-file", str(f)])
+    try:
+        p = params.NodeParams.from_node(node)
+        assert node._param_errors == {} and params.validate(p) == []
+        cfg = EngineConfig(**engine_overrides(p))
+        norm = ThermalNormalizer(**cfg.thermal_kwargs())
+        out = norm(np.array([[27315, 30015, 32315, 40000]], np.uint16))
+        assert np.allclose(out, [[0.0, 0.54, 1.0, 1.0]], atol=1e-4)
+    finally:
+        node.destroy_node()
+
+
+@pytest.mark.parametrize(("value", "engine_size"), [(0, None), ("0", None), ("auto", "auto"), ("736x416", (416, 736))])
+def test_input_size_parameter_reaches_the_engine(tmp_path: Path, value, engine_size) -> None:
+    """`input_size: 0` in YAML (or `-p model.input_size:=0`) is an integer: accepted like the string."""
+    from mafs_ros.node import engine_overrides
+
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"model": {"input_size": value}}}}))
+    node = MafsNode(namespace="/t_isize", engine_factory=tiny_engine, cli_args=["--ros-args", "--params-file", str(f)])
+    try:
+        assert node._param_errors == {}
+        p = params.NodeParams.from_node(node)
+        assert params.validate(p) == []
+        assert engine_overrides(p)["input_size"] == engine_size
+    finally:
+        node.destroy_node()
+
+
 def test_bad_parameters_fail_configure_naming_them(tmp_path: Path) -> None:
     f = tmp_path / "bad.yaml"
     f.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
         "sync": {"slop": -1.0, "backend": "bogus", "queue_size": "ten"},
         "thermal": {"low_percentile": 90.0, "high_percentile": 10.0},
-        "model": {"checkpoint": str(tmp_path / "missing.safetensors")}}}}))
+        "model": {"checkpoint": str(tmp_path / "missing.safetensors"), "input_size": "big", "input_width": 320}}}}))
     node = MafsNode(namespace="/t_badp", engine_factory=tiny_engine, cli_args=["--ros-args", "--params-file", str(f)])
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
         assert node._state_machine.current_state[1] == "unconfigured"
         text = "\n".join(node.configure_errors)
         for name in ("'sync.slop' = -1.0", "'sync.backend' = 'bogus'", "'sync.queue_size' = 'ten'",
-                     "'thermal.low_percentile'", "'model.checkpoint'", "missing.safetensors"):
+                     "'thermal.low_percentile'", "'model.checkpoint'", "missing.safetensors",
+                     "'model.input_size' = 'big'", "'model.input_width' was replaced by 'model.input_size"):
             assert name in text, (name, text)
         # runtime: range (rclpy, from the descriptor) and choices (our callback) are enforced
         assert not node.set_parameters([Parameter("sync.queue_size", value=0)])[0].successful

@@ -69,7 +69,7 @@ def test_onnx_metadata_travels(onnx_file):
 
     proto = onnx.load(str(onnx_file))
     assert [i.name for i in proto.graph.input] == ["ir", "vis"]
-    assert [o.name for o in proto.graph.output] == ["fused", "logits"]
+    assert [o.name for o in proto.graph.output] == ["fused", "logits", "fusion_head"]  # the engine composes
     dims = [d.dim_value for d in proto.graph.input[1].type.tensor_type.shape.dim]
     assert dims == [1, 3, HH, WW]  # fixed shapes by default: what TensorRT wants
 
