@@ -217,15 +217,49 @@ def iter_pairs(reader: BagReader, thermal_topic: str, rgb_topic: str, label_topi
 # ---------------------------------------------------------------- export
 
 
+def frame_boxes(source, pf: PairedFrame, shape: tuple[int, int]) -> list | None:
+    """A paired frame's boxes from a BoxSource, joined by name: the bag's source name (the manifest of
+    `mafs bag make`), the export name (<index>_<rgb stamp ns>), or the RGB stamp in ns; None if none has a file."""
+    for key in (pf.name, f"{pf.index:06d}_{pf.rgb.stamp_ns}", str(pf.rgb.stamp_ns)):
+        if key:
+            boxes = source.boxes(key, shape)
+            if boxes is not None:
+                return boxes
+    return None
+
+
+def _box_source(boxes: str | Path, box_format: str, box_classes: str | None, class_names: Sequence[str]):
+    from mafs_core.boxes import BoxSource
+
+    return BoxSource(boxes, class_names, box_format, box_classes)
+
+
 def export_bag(bag: str | Path, out: str | Path, thermal_topic: str = THERMAL_TOPIC, rgb_topic: str = RGB_TOPIC,
-               label_topic: str | None = None, opts: PairingOptions | None = None, progress: bool = True) -> dict:
-    """Paired frames as a training folder: ir/, vi/, label/ PNGs named <index>_<rgb stamp ns> + manifest.json."""
+               label_topic: str | None = None, opts: PairingOptions | None = None, progress: bool = True,
+               boxes: str | Path | None = None, box_format: str = "auto", box_classes: str | None = None,
+               num_classes: int = 9) -> dict:
+    """Paired frames as a training folder: ir/, vi/, label/ PNGs named <index>_<rgb stamp ns> + manifest.json.
+
+    `boxes` (YOLO/VOC folder or COCO json, see frame_boxes for the join) adds boxes/<name>.txt in YOLO form
+    with the same class map, so the folder trains with `boxes: DIR/boxes` and that `box_classes`."""
     from tqdm import tqdm
+
+    from mafs_core.boxes import write_yolo
+    from mafs_core.classes import default_class_names
 
     out = Path(out)
     stats = PairingStats()
     rows: list[dict] = []
     error = None
+    src = _box_source(boxes, box_format, box_classes, default_class_names(num_classes)) if boxes else None
+    write_map: dict = {}
+    if src is not None:
+        names = src.class_names
+        # YOLO files keep their ids; boxes matched by name (COCO, VOC) are numbered by their model class ids
+        write_map = src.class_map or {str(c): c for c in src.classes}
+        box_classes = ",".join(f"{k}:{names[v]}" for k, v in write_map.items() if v is not None)
+        (out / "boxes").mkdir(parents=True, exist_ok=True)
+    box_errors: list[str] = []
     with BagReader(bag) as reader:
         if label_topic is None and LABEL_TOPIC in reader.topics:
             label_topic = LABEL_TOPIC
@@ -243,12 +277,26 @@ def export_bag(bag: str | Path, out: str | Path, thermal_topic: str = THERMAL_TO
                 cv2.imwrite(str(out / "vi" / f"{name}.png"), _bgr8(pf.rgb))
                 if pf.label is not None:
                     cv2.imwrite(str(out / "label" / f"{name}.png"), pf.label)
+                n_boxes = None
+                if src is not None:
+                    shape = pf.rgb.image.shape[:2]
+                    try:
+                        fb = frame_boxes(src, pf, shape)
+                    except ValueError as exc:  # a malformed box file: the frame is kept, the file named
+                        fb, _ = None, box_errors.append(str(exc))
+                    if fb is not None:
+                        write_yolo(out / "boxes" / f"{name}.txt", fb, shape, write_map)
+                        n_boxes = len(fb)
                 rows.append({"name": name, "index": pf.index, "thermal_stamp_ns": pf.thermal.stamp_ns,
-                             "rgb_stamp_ns": pf.rgb.stamp_ns, "source": pf.name, "label": pf.label is not None})
+                             "rgb_stamp_ns": pf.rgb.stamp_ns, "source": pf.name, "label": pf.label is not None,
+                             **({"boxes": n_boxes} if src is not None else {})})
         except BagError as exc:
             error = str(exc)
     manifest = {"bag": str(bag), "thermal_topic": thermal_topic, "rgb_topic": rgb_topic, "label_topic": label_topic,
                 "pairs": len(rows), "pairing": stats.to_dict(), "frames": rows}
+    if src is not None:
+        manifest["boxes"] = {"source": str(boxes), "dir": "boxes", "format": "yolo", "box_classes": box_classes,
+                             "frames_with_boxes": sum(r["boxes"] is not None for r in rows), "errors": box_errors}
     if error:
         manifest["error"] = error
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -275,6 +323,9 @@ class EvalOptions:
     limit: int | None = None
     progress: bool = True
     workers: int = 0  # threads scoring frames in parallel (0 = one per CPU core, up to 16)
+    boxes: str | None = None  # box labels joined to the paired frames (frame_boxes): box scores in the report
+    box_format: str = "auto"
+    box_classes: str | None = None
 
 
 class _StageTimer:
@@ -410,8 +461,24 @@ def evaluate_bag(bag: str | Path, out: str | Path, thermal_topic: str = THERMAL_
     t_load = time.perf_counter()
     engine = engine if engine is not None else load_engine(opts)
     load_s = time.perf_counter() - t_load
+    src = _box_source(opts.boxes, opts.box_format, opts.box_classes, engine.class_names) if opts.boxes else None
     evaluator = Evaluator(engine.class_names, engine.palette, label_mode=opts.label_mode,
+                          box_classes=src.classes if src is not None else None,
+                          box_info={"dir": str(opts.boxes), "format": src.format, "class_map": opts.box_classes}
+                          if src is not None else None,
                           **({} if opts.metrics is None else {"metrics": opts.metrics}))
+
+    def boxes_of(pf: PairedFrame, shape: tuple[int, int]) -> list | None:
+        if src is None:
+            return None
+        try:
+            fb = frame_boxes(src, pf, shape)
+        except ValueError as exc:  # a malformed box file: scored without boxes, the file named in the report
+            evaluator.warnings[f"box_file_error: {exc}"] += 1
+            return None
+        if fb is None:
+            evaluator.warnings["pairs_without_boxes"] += 1
+        return fb
     out.mkdir(parents=True, exist_ok=True)
     error: str | None = None
     frames = 0
@@ -430,7 +497,7 @@ def evaluate_bag(bag: str | Path, out: str | Path, thermal_topic: str = THERMAL_
     def finish(batch: list[PairedFrame], inputs: list, results: list) -> None:
         t = time.perf_counter()
         evaluator.add_many([(pf.name or f"{pf.index:06d}_{pf.rgb.stamp_ns}", th, to_bgr8(vis, enc), res,
-                             pf.label if label_of is None else label_of(pf))
+                             pf.label if label_of is None else label_of(pf), boxes_of(pf, vis.shape[:2]))
                             for pf, (th, vis, enc), res in zip(batch, inputs, results)], scorers)
         timer.add("metrics", time.perf_counter() - t, len(batch))
         if writer is not None:
@@ -483,7 +550,7 @@ def evaluate_bag(bag: str | Path, out: str | Path, thermal_topic: str = THERMAL_
            "checkpoint": f"random-init {opts.random_init}" if opts.random_init else str(opts.checkpoint or "default"),
            "model": engine.describe(), "variant": engine.variant, "device": str(engine.device),
            "precision": str(engine.precision),
-           "batch_size": opts.batch_size, "scoring_threads": workers}
+           "batch_size": opts.batch_size, "scoring_threads": workers, "boxes": opts.boxes}
     report = evaluator.finish(out, run)
     report["pairing"] = stats.to_dict()
     report["throughput"] = {"frames": frames, "wall_s": run_s, "fps": frames / run_s if run_s > 0 else 0.0,
@@ -505,7 +572,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     pairing = PairingOptions(slop=args.slop, thermal_offset=args.thermal_offset, queue_size=args.queue_size)
     opts = EvalOptions(checkpoint=args.checkpoint, random_init=args.random_init, label_mode=args.label_mode,
                        device=args.device, batch_size=args.batch_size, write_bag=args.write_bag,
-                       storage=args.storage, limit=args.limit, workers=args.workers,
+                       storage=args.storage, limit=args.limit, workers=args.workers, boxes=args.boxes,
+                       box_format=args.box_format, box_classes=args.box_classes,
                        metrics=None if args.metrics == "all" else [m for m in args.metrics.split(",") if m])
     try:
         report = evaluate_bag(args.bag, args.out, args.thermal_topic, args.rgb_topic, args.label_topic, args.labels,
@@ -525,16 +593,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     pairing = PairingOptions(slop=args.slop, thermal_offset=args.thermal_offset, queue_size=args.queue_size)
     try:
-        m = export_bag(args.bag, args.out, args.thermal_topic, args.rgb_topic, args.label_topic, pairing)
-    except (BagError, FileNotFoundError) as exc:
+        m = export_bag(args.bag, args.out, args.thermal_topic, args.rgb_topic, args.label_topic, pairing,
+                       boxes=args.boxes, box_format=args.box_format, box_classes=args.box_classes)
+    except (BagError, FileNotFoundError, ValueError) as exc:  # ValueError: a bad --boxes source
         print(f"mafs bag export: error: {exc}")
         return 2
-    print(f"exported {m['pairs']} pairs to {args.out} (ir/, vi/{', label/' if m['label_topic'] else ''}, "
-          f"manifest.json)")
+    print(f"exported {m['pairs']} pairs to {args.out} (ir/, vi/{', label/' if m['label_topic'] else ''}"
+          f"{', boxes/' if 'boxes' in m else ''}, manifest.json)")
+    if "boxes" in m:
+        b = m["boxes"]
+        print(f"boxes for {b['frames_with_boxes']} pairs, YOLO with box_classes {b['box_classes']!r}"
+              + "".join(f"\nmafs bag export: warning: {e}" for e in b["errors"]))
     if m.get("error"):
         print(f"mafs bag export: error: {m['error']} (pairs before the fault were kept)")
         return 1
     return 0
+
+
+def _add_box_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--boxes", help="detection boxes (YOLO .txt / VOC .xml folder, or a COCO .json) joined to the "
+                                   "pairs by the bag's source names, the export names or the RGB stamp (ns)")
+    p.add_argument("--box-format", default="auto", choices=("auto", "yolo", "coco", "voc"))
+    p.add_argument("--box-classes", metavar="MAP", help="file class -> model class, e.g. 0:person,1:bike,2:car")
 
 
 def _add_pairing_args(p: argparse.ArgumentParser) -> None:
@@ -585,6 +665,7 @@ def register(subparsers, registry: dict) -> None:
     p.add_argument("--workers", type=int, default=0, help="threads scoring frames (default: one per core, up to 16)")
     p.add_argument("--metrics", default="all",
                    help="comma-separated fusion metrics (EN,SD,SF,AG,MI,SCD,VIF,Qabf,SSIM), 'all', or '' for none")
+    _add_box_args(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("export", help="paired frames of a bag as a training folder (ir/, vi/, label/)")
@@ -592,4 +673,5 @@ def register(subparsers, registry: dict) -> None:
     _add_pairing_args(p)
     p.add_argument("--label-topic", help=f"default: {LABEL_TOPIC} when the bag has it")
     p.add_argument("--out", required=True)
+    _add_box_args(p)
     p.set_defaults(func=_cmd_export)

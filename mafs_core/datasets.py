@@ -1,7 +1,8 @@
 """Training/validation datasets for paired IR + visible images (+ optional segmentation labels).
 
 One factory, `build_dataset(kind, root, split)`, reads every supported layout into a flat list of `Record`s;
-`PairDataset` turns records into tensors with augmentations that stay consistent across IR, VIS and label.
+`PairDataset` turns records into tensors with augmentations that stay consistent across IR, VIS, label and
+detection boxes (a record's optional `box_source`, see mafs_core.boxes); `collate` batches them.
 Randomness is a pure function of (seed, epoch, index) so that data order and augmentations replay exactly
 after a resume, whatever the number of DataLoader workers or DDP ranks.
 
@@ -16,21 +17,26 @@ Layouts (`kind`):
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import kornia.enhance as KE
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from mafs_core.io import IMAGE_EXTS, list_pairs, read_image, read_ir, read_label, read_vis
 from mafs_core.preprocess import ThermalNormalizer
 
+log = logging.getLogger(__name__)
 IGNORE_INDEX = 255
+MAX_BOXES = 256  # per frame; more are cut to the largest ones, with a warning
+MIN_BOX_SIDE = 4.0  # px: a box the crop leaves thinner than this is dropped (nothing left to supervise)
 KINDS = ("paired", "msrs", "mfnet", "fmb", "pst900")
 # (ir folder, vis folder, label folder) per split-folder layout
 _SPLIT_LAYOUTS = {
@@ -47,6 +53,7 @@ class Record:
     vis: Path | None
     label: Path | None = None
     rgbt: Path | None = None  # 4-channel PNG (B,G,R,T as read by OpenCV)
+    box_source: Any = None  # mafs_core.boxes.BoxSource of the record's dataset, or None (no box labels)
 
 
 @dataclass
@@ -65,14 +72,15 @@ class AugmentConfig:
 
 
 def cutmix(ir: torch.Tensor, vis: torch.Tensor, label: torch.Tensor, has_label: torch.Tensor, prob: float,
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+           generator: torch.Generator | None = None, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """CutMix across a batch (Yun et al., ICCV 2019): with probability `prob` a frame gets a box (a quarter to
     three quarters of each side) from the next frame of the batch, in IR, VIS and label alike.
 
     Why: with a few hundred training frames the student learns the teacher only on those scenes; mixed
     frames put people and cars into new surroundings, and the teacher labels whatever the student sees
     (distillation is consistent under any input change). A mixed frame counts as labelled only if both
-    sources were. Runs on the batch, after the loader, so it needs no second image per sample.
+    sources were. Runs on the batch, after the loader, so it needs no second image per sample. Frames with
+    `keep` True receive nothing (their detection boxes describe them as they are).
     """
     b, _, h, w = ir.shape
     if prob <= 0 or b < 2:
@@ -85,6 +93,8 @@ def cutmix(ir: torch.Tensor, vis: torch.Tensor, label: torch.Tensor, has_label: 
     box = (((ys[None] >= y0[:, None]) & (ys[None] < (y0 + bh)[:, None]))[:, :, None]
            & ((xs[None] >= x0[:, None]) & (xs[None] < (x0 + bw)[:, None]))[:, None, :])
     box &= (u[:, 4] < prob)[:, None, None]
+    if keep is not None:
+        box &= ~keep.to(ir.device).view(-1, 1, 1)
     src = torch.roll(torch.arange(b, device=ir.device), -1)
     m = box[:, None]
     mixed = box.flatten(1).any(1)
@@ -215,7 +225,8 @@ def repeat_factors(records: Sequence[Record], num_classes: int, threshold: float
 # --------------------------------------------------------------------------------------------------- dataset
 class PairDataset(Dataset):
     """Samples: ir [1,H,W] float [0,1], vis [3,H,W] RGB float [0,1], label [H,W] long (255 = ignore),
-    has_label bool, name str."""
+    has_label bool, boxes [n,5] float (class, x0, y0, x1, y1 in the sample's pixels), has_boxes bool
+    (False: the frame has no box labels, unlike an empty box file), name str."""
 
     def __init__(self, records: Sequence[Record], num_classes: int = 9, train: bool = False,
                  augment: AugmentConfig | None = None, seed: int = 0, ignore_index: int = IGNORE_INDEX,
@@ -283,14 +294,30 @@ class PairDataset(Dataset):
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index])
 
+    def _boxes(self, rec: Record, shape: tuple[int, int]) -> np.ndarray | None:
+        """[n, 5] float (class, x0, y0, x1, y1) in the loaded frame's pixels, or None without box labels."""
+        if rec.box_source is None:
+            return None
+        boxes = rec.box_source.boxes(rec.name, shape)
+        if boxes is None:
+            return None
+        out = np.array([(b.cls, b.x0, b.y0, b.x1, b.y1) for b in boxes], np.float32).reshape(-1, 5)
+        if len(out) > MAX_BOXES:
+            log.warning("%s: %d boxes, keeping the %d largest", rec.name, len(out), MAX_BOXES)
+            area = (out[:, 3] - out[:, 1]) * (out[:, 4] - out[:, 2])
+            out = out[np.sort(np.argsort(-area)[:MAX_BOXES])]
+        return out
+
     def __getitem__(self, index: int) -> dict:
         rec = self.records[index % len(self.records)]
         ir, vis, label = self.load(rec)
         has_label = label is not None
         if label is None:
             label = np.full(ir.shape, self.ignore_index, np.int64)
+        boxes = self._boxes(rec, ir.shape)
         a = self.aug
         if a.resize:
+            boxes = _scale_boxes(boxes, ir.shape, (a.resize[0], a.resize[1]))
             ir, vis, label = _resize(ir, vis, label, (a.resize[0], a.resize[1]))
         jitter = None
         if self.train:
@@ -300,7 +327,9 @@ class PairDataset(Dataset):
             if a.crop:
                 s = max(s, a.crop[0] / h, a.crop[1] / w)  # never pad: scale up until the crop fits
             if s != 1.0:
-                ir, vis, label = _resize(ir, vis, label, (max(1, math.ceil(h * s)), max(1, math.ceil(w * s))))
+                size = (max(1, math.ceil(h * s)), max(1, math.ceil(w * s)))
+                boxes = _scale_boxes(boxes, ir.shape, size)
+                ir, vis, label = _resize(ir, vis, label, size)
             if a.crop:
                 ch, cw = a.crop
                 y0 = int(rng.integers(0, ir.shape[0] - ch + 1))
@@ -308,8 +337,11 @@ class PairDataset(Dataset):
                 if has_label and a.class_crop > 0 and rng.random() < a.class_crop:
                     y0, x0 = _class_crop(label, ch, cw, rng, self.ignore_index, (y0, x0))
                 ir, vis, label = (t[y0:y0 + ch, x0:x0 + cw] for t in (ir, vis, label))
+                boxes = _crop_boxes(boxes, y0, x0, ch, cw)
             if a.hflip and rng.random() < 0.5:
                 ir, vis, label = ir[:, ::-1], vis[:, ::-1], label[:, ::-1]
+                if boxes is not None:
+                    boxes[:, [1, 3]] = ir.shape[1] - boxes[:, [3, 1]]
             jitter = [float(rng.uniform(1 - v, 1 + v)) for v in (a.brightness, a.contrast, a.saturation)]
         ir_t = torch.from_numpy(np.ascontiguousarray(ir))[None]
         vis_t = torch.from_numpy(np.ascontiguousarray(vis)).permute(2, 0, 1).contiguous()
@@ -319,7 +351,38 @@ class PairDataset(Dataset):
             vis_t = KE.adjust_contrast(vis_t, jitter[1])
             vis_t = KE.adjust_saturation(vis_t, jitter[2]).clamp(0.0, 1.0)
         return {"ir": ir_t, "vis": vis_t, "label": torch.from_numpy(np.ascontiguousarray(label)),
-                "has_label": torch.tensor(has_label), "name": rec.name}
+                "has_label": torch.tensor(has_label),
+                "boxes": torch.from_numpy(boxes if boxes is not None else np.zeros((0, 5), np.float32)),
+                "has_boxes": torch.tensor(boxes is not None), "name": rec.name}
+
+
+def collate(samples: list[dict]) -> dict:
+    """Default collation, except the boxes: one [N, 6] float tensor (image index in the batch, class, x0, y0,
+    x1, y1), since frames hold different numbers of boxes."""
+    rows = [torch.cat([torch.full((len(s["boxes"]), 1), float(i)), s["boxes"]], 1) for i, s in enumerate(samples)]
+    batch = default_collate([{k: v for k, v in s.items() if k != "boxes"} for s in samples])
+    batch["boxes"] = torch.cat(rows) if rows else torch.zeros(0, 6)
+    return batch
+
+
+def _scale_boxes(boxes: np.ndarray | None, old: tuple[int, int], new: tuple[int, int]) -> np.ndarray | None:
+    if boxes is None or tuple(old) == tuple(new):
+        return boxes
+    out = boxes.copy()
+    out[:, [1, 3]] *= new[1] / old[1]
+    out[:, [2, 4]] *= new[0] / old[0]
+    return out
+
+
+def _crop_boxes(boxes: np.ndarray | None, y0: int, x0: int, ch: int, cw: int) -> np.ndarray | None:
+    """Boxes in the crop's pixels: shifted, clipped to the crop, and dropped when under MIN_BOX_SIDE."""
+    if boxes is None:
+        return None
+    out = boxes.copy()
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]] - x0, 0, cw)
+    out[:, [2, 4]] = np.clip(out[:, [2, 4]] - y0, 0, ch)
+    keep = (out[:, 3] - out[:, 1] >= MIN_BOX_SIDE) & (out[:, 4] - out[:, 2] >= MIN_BOX_SIDE)
+    return out[keep]
 
 
 def _class_crop(label: np.ndarray, ch: int, cw: int, rng: np.random.Generator, ignore_index: int,

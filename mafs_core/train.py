@@ -35,10 +35,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from mafs_core.balance import MaxMinFairnessWeighter
+from mafs_core.box_losses import BoxTargets, box_loss
+from mafs_core.boxes import Box, BoxSource
+from mafs_core.classes import default_class_names
 from mafs_core.datasets import (
+    IGNORE_INDEX,
     AugmentConfig,
     PairDataset,
     Record,
+    collate,
     cutmix,
     holdout_split,
     list_records,
@@ -69,6 +74,10 @@ class SourceConfig:
     split: str = "train"
     holdout_every: int = 0  # every N-th pair (sorted by name) is held out for validation; 0 = none
     holdout: str = ""  # split file of names held out for validation (data/splits/msrs_val.txt); "" = none
+    labels: bool = True  # false: the source's masks are not used (e.g. to train from its boxes alone)
+    boxes: str = ""  # detection boxes (folder of YOLO txt / VOC xml, or a COCO json), relative to data.root
+    box_format: str = "auto"  # yolo | coco | voc | auto
+    box_classes: str = ""  # file class -> model class, e.g. "0:person,1:bike,2:car" (needed for YOLO)
 
 
 @dataclass
@@ -120,6 +129,10 @@ class LossConfig:
     pseudo_conf: float = 0.0  # teacher pseudo-labels below this confidence are ignored
     class_weighting: str = "none"  # none | sqrt_inv: CE class weights from the training labels (losses.class_weights)
     class_weight_max: float = 10.0  # sqrt_inv: largest weight as a multiple of the smallest
+    # box supervision (mafs_core.box_losses) on frames with boxes and no mask; all 0 = off
+    w_box_proj: float = 0.0
+    w_box_pair: float = 0.0
+    w_box_neg: float = 0.0
 
 
 @dataclass
@@ -284,12 +297,38 @@ class ResumableSampler(Sampler[int]):
         return (self.batches_per_epoch - self.start_batch) * self.bs
 
 
-def _records(base: str, sources: list[SourceConfig], subset: str) -> list:
+def _records(base: str, sources: list[SourceConfig], subset: str, num_classes: int = 9) -> list:
     recs = []
     for s in sources:
         names = read_names(s.holdout) if s.holdout else None
-        recs += holdout_split(list_records(s.kind, Path(base) / s.root, s.split), s.holdout_every, subset, names)
+        part = holdout_split(list_records(s.kind, Path(base) / s.root, s.split), s.holdout_every, subset, names)
+        if not s.labels:
+            part = [dataclasses.replace(r, label=None) for r in part]
+        if s.boxes:
+            src = BoxSource(Path(base) / s.boxes, default_class_names(num_classes), s.box_format,
+                            s.box_classes or None)
+            part = [dataclasses.replace(r, box_source=src) for r in part]
+        recs += part
     return recs
+
+
+def box_classes(sources: list[SourceConfig], num_classes: int, base: str = ".") -> list[int]:
+    """The classes the sources' boxes label (exhaustively): the box losses' classes."""
+    classes: set[int] = set()
+    for s in sources:
+        if s.boxes:
+            classes |= set(BoxSource(Path(base) / s.boxes, default_class_names(num_classes), s.box_format,
+                                     s.box_classes or None).classes)
+    return sorted(classes)
+
+
+def _box_lists(rows: torch.Tensor, frames: torch.Tensor) -> list[list[Box] | None]:
+    """Collated box rows [N, 6] -> per-frame Box lists; None for frames not box-supervised (`frames` False)."""
+    out: list[list[Box] | None] = [[] if f else None for f in frames.tolist()]
+    for i, c, x0, y0, x1, y1 in rows.tolist():
+        if out[int(i)] is not None:
+            out[int(i)].append(Box(int(c), x0, y0, x1, y1))
+    return out
 
 
 def _held_out(s: SourceConfig) -> bool:
@@ -300,17 +339,18 @@ def build_datasets(cfg: TrainConfig) -> tuple[PairDataset, PairDataset | None]:
     d = cfg.data
     kw = {"num_classes": d.num_classes, "thermal_norm_8bit": d.thermal_norm_8bit,
           "thermal_norm_16bit": d.thermal_norm_16bit}
-    train_recs = _records(d.root, d.sources, "train")
+    train_recs = _records(d.root, d.sources, "train", d.num_classes)
     if d.repeat_threshold > 0:
         # rare-class images appear several times per epoch; ordering stays a pure function of (seed, epoch)
         factors = repeat_factors(train_recs, d.num_classes, d.repeat_threshold)
         train_recs = [r for r, k in zip(train_recs, factors, strict=True) for _ in range(k)]
     train_ds = PairDataset(train_recs, train=True, augment=d.augment, seed=cfg.train.seed, repeat=d.repeat, **kw)
     if d.val_sources:
-        val_recs = _records(d.root, d.val_sources, "val" if any(_held_out(s) for s in d.val_sources) else "all")
-    else:
-        held = [s for s in d.sources if _held_out(s)]
-        val_recs = _records(d.root, held, "val") if held else []
+        val_recs = _records(d.root, d.val_sources, "val" if any(_held_out(s) for s in d.val_sources) else "all",
+                            d.num_classes)
+    else:  # the held-out frames keep their masks (selection scores against them) and need no boxes
+        held = [dataclasses.replace(s, labels=True, boxes="") for s in d.sources if _held_out(s)]
+        val_recs = _records(d.root, held, "val", d.num_classes) if held else []
     val_aug = AugmentConfig(resize=d.val_resize or d.augment.resize)
     val_ds = PairDataset(val_recs[: d.val_max or None], train=False, augment=val_aug, **kw) if val_recs else None
     if val_ds is not None:
@@ -323,7 +363,7 @@ def calibration_frames(cfg: TrainConfig, records: list[Record] | None = None) ->
     d = cfg.data
     if records is not None:
         records = list(dict.fromkeys(records))  # once each, whatever repeat-factor sampling did
-    return PairDataset(records if records is not None else _records(d.root, d.sources, "train"),
+    return PairDataset(records if records is not None else _records(d.root, d.sources, "train", d.num_classes),
                        num_classes=d.num_classes, train=False,
                        augment=AugmentConfig(resize=d.val_resize or d.augment.resize),
                        thermal_norm_8bit=d.thermal_norm_8bit, thermal_norm_16bit=d.thermal_norm_16bit)
@@ -573,6 +613,15 @@ class Trainer:
                 print("[mafs train] CE class weights (" + cfg.loss.class_weighting + "): "
                       + " ".join(f"{w:.2f}" for w in self.ce_weight.tolist()), flush=True)
         self._teacher_val: dict | None = None  # the teacher's scores on the validation split (computed once)
+        lc = cfg.loss
+        weights = {"proj": lc.w_box_proj, "pair": lc.w_box_pair, "neg": lc.w_box_neg}
+        self.box_weights = weights if any(weights.values()) and t.stage == "joint" else {}
+        self.box_classes = box_classes(cfg.data.sources, cfg.data.num_classes, cfg.data.root) \
+            if self.box_weights else []
+        if self.box_weights and self.main:
+            names = default_class_names(cfg.data.num_classes)
+            print(f"[mafs train] box supervision on {', '.join(names[c] for c in self.box_classes) or 'no class'}: "
+                  f"weights proj {lc.w_box_proj}, pair {lc.w_box_pair}, neg {lc.w_box_neg}", flush=True)
         if t.stage == "joint" and cfg.teacher.path:
             from mafs_core.teacher import load_mfnet_teacher
 
@@ -659,9 +708,10 @@ class Trainer:
         else:
             label = batch["label"].to(self.device, non_blocking=True)
             has_label = batch["has_label"]
-            if train and cfg.data.augment.cutmix > 0:
+            has_boxes = batch.get("has_boxes", torch.zeros_like(has_label))
+            if train and cfg.data.augment.cutmix > 0:  # a frame with boxes keeps its content: the boxes describe it
                 ir, vis, label, has_label = cutmix(ir, vis, label, has_label, cfg.data.augment.cutmix,
-                                                   self._mask_generator())
+                                                   self._mask_generator(), keep=has_boxes)
             t_logits = None
             if self.teacher is not None:
                 with torch.no_grad():
@@ -672,8 +722,13 @@ class Trainer:
             tmask = t_logits.softmax(1)[:, lc.target_classes].sum(1, keepdim=True) if t_logits is not None else None
             l_f, parts = fusion_loss(out["fused_y"].float(), ir, vis_y, tmask, lc.w_int, lc.w_grad, lc.w_ssim,
                                      lc.salient_weight, lc.w_qabf)
+            boxed = has_boxes.to(self.device) & ~has_label.to(self.device)  # box-supervised frames
             if t_logits is not None and cfg.teacher.pseudo_labels:
-                label = merge_labels(label, has_label, pseudo_labels(t_logits, lc.pseudo_conf))
+                pseudo = pseudo_labels(t_logits, lc.pseudo_conf)
+                if self.box_classes and bool(boxed.any()):  # the boxes, not the teacher, teach their classes there
+                    owned = torch.isin(pseudo, torch.tensor(self.box_classes, device=pseudo.device))
+                    pseudo = pseudo.masked_fill(owned & boxed.view(-1, 1, 1), IGNORE_INDEX)
+                label = merge_labels(label, has_label, pseudo)
             logits = out["logits"].float()
             l_ce = ohem_ce(logits, label, lc.ohem_thresh, lc.ohem_min_kept, weight=self.ce_weight)
             l_aux = sum((ohem_ce(a.float(), label, lc.ohem_thresh, lc.ohem_min_kept, weight=self.ce_weight)
@@ -681,9 +736,16 @@ class Trainer:
             l_kd = channel_kd(logits, t_logits, lc.kd_tau) if t_logits is not None and cfg.teacher.kd \
                 else logits.new_zeros(())
             l_s = l_ce + lc.aux_weight * l_aux + lc.kd_weight * l_kd
+            box_parts: dict[str, float] = {}
+            if self.box_weights and bool(boxed.any()):
+                targets = BoxTargets.from_boxes(_box_lists(batch["boxes"], boxed.cpu()), logits.shape[1],
+                                                tuple(logits.shape[-2:]), self.box_classes, self.device)
+                l_box, bp = box_loss(logits, targets, torch.cat([vis, ir], 1), self.box_weights)
+                l_s = l_s + l_box
+                box_parts = {"box": float(l_box.detach()), **{f"box_{k}": float(v.detach()) for k, v in bp.items()}}
             tasks = torch.stack([lc.fusion_weight * l_f, lc.seg_weight * l_s])
             parts = {**parts, "fusion": float(l_f.detach()), "ce": float(l_ce.detach()),
-                     "aux": float(l_aux.detach()), "kd": float(l_kd.detach()), "seg": float(l_s.detach())}
+                     "aux": float(l_aux.detach()), "kd": float(l_kd.detach()), **box_parts, "seg": float(l_s.detach())}
             images = {"ir": ir, "vis": vis, "vis_y": vis_y, "fused": out["fused"], "fused_y": out["fused_y"],
                       "pred": out["logits"].argmax(1, keepdim=True)}
             if t_logits is not None:
@@ -746,7 +808,7 @@ class Trainer:
         fm: dict[str, list[float]] = {}
         for i in range(len(self.val_ds)):
             s = self.val_ds[i]
-            batch = {k: (v[None] if torch.is_tensor(v) else [v]) for k, v in s.items()}
+            batch = collate([s])
             o = self.compute(batch, train=False)
             for k, v in {"loss": float(o.tasks.sum()), **o.parts}.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -838,7 +900,7 @@ class Trainer:
             epoch, start = divmod(self.step, spe)
             self.sampler.set_position(epoch, start)
             self.train_ds.set_epoch(epoch)
-            loader = DataLoader(self.train_ds, batch_size=bs, sampler=self.sampler, drop_last=True,
+            loader = DataLoader(self.train_ds, batch_size=bs, sampler=self.sampler, drop_last=True, collate_fn=collate,
                                 num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
                                 persistent_workers=False, generator=torch.Generator().manual_seed(t.seed + epoch))
             for batch in loader:

@@ -16,8 +16,8 @@ import torch
 
 from mafs_core.engine import FusionSegmenter
 from mafs_core.fullres import channel_argmax, compose_fused_bgr8, to_bgr8, upsampled_argmax
-from mafs_core.model import compose_fused_y, restore_color
 from mafs_core.metrics import average_gradient, spatial_frequency, to_gray
+from mafs_core.model import compose_fused_y, restore_color
 from mafs_core.sizes import working_size
 
 REPO = Path(__file__).resolve().parents[1]
