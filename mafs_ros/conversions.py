@@ -21,6 +21,10 @@ from std_msgs.msg import Header
 from mafs_core.io import IMAGE_ENCODINGS, ImageFormatError, image_to_array
 
 try:  # a ROS distribution; absent on a pip install
+    from vision_msgs.msg import BoundingBox2D, Detection2D, Detection2DArray, ObjectHypothesisWithPose
+except ImportError:
+    Detection2DArray = None
+try:
     from cv_bridge import CvBridge
 
     _BRIDGE: CvBridge | None = CvBridge()
@@ -96,3 +100,32 @@ def numpy_to_image(arr: np.ndarray, encoding: str, header: Header) -> Image:
     height, width = arr.shape[:2]
     return Image(header=header, height=height, width=width, encoding=encoding, is_bigendian=sys.byteorder == "big",
                  step=arr.strides[0], data=data)
+
+
+def objects_message_type() -> type:
+    """vision_msgs/Detection2DArray where vision_msgs is installed, else std_msgs/String (JSON)."""
+    from std_msgs.msg import String
+
+    return Detection2DArray if Detection2DArray is not None else String
+
+
+def objects_to_msg(objects: list, header: Header) -> object:
+    """mafs_core.objects.MaskObject list -> the objects_message_type() message. The JSON form is
+    {"header": {...}, "objects": [{class_id, class_name, x, y, width, height, area, score}, ...]}."""
+    if Detection2DArray is None:
+        import json
+
+        from std_msgs.msg import String
+
+        stamp = {"sec": header.stamp.sec, "nanosec": header.stamp.nanosec, "frame_id": header.frame_id}
+        return String(data=json.dumps({"header": stamp, "objects": [o.to_dict() for o in objects]}))
+    out = Detection2DArray(header=header)
+    for o in objects:
+        det = Detection2D(header=header, id=str(len(out.detections)))
+        hyp = ObjectHypothesisWithPose()
+        hyp.hypothesis.class_id, hyp.hypothesis.score = o.class_name, float(o.score)
+        det.results.append(hyp)
+        det.bbox = BoundingBox2D(size_x=float(o.width), size_y=float(o.height))
+        det.bbox.center.position.x, det.bbox.center.position.y = o.x + o.width / 2.0, o.y + o.height / 2.0
+        out.detections.append(det)
+    return out

@@ -39,6 +39,7 @@ from rclpy.utilities import get_rmw_implementation_identifier
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
+from mafs_core.objects import mask_objects
 from mafs_ros import conversions, diagnostics, params, qos
 from mafs_ros.conversions import ImageError
 from mafs_ros.env import configure_entry_point, describe_dds, split_local_flag
@@ -64,6 +65,7 @@ OUTPUTS = {  # key -> (topic, encoding)
 }
 INFO_OUTPUTS = ("fused/camera_info", "segmentation/camera_info")
 CLASS_INFO_TOPIC = "segmentation/class_info"
+OBJECTS_TOPIC = "segmentation/objects"  # vision_msgs/Detection2DArray, or JSON in std_msgs/String without it
 DEFAULT_WARMUP_SIZE = (480, 640)  # (h, w) until the camera's size is known
 
 
@@ -154,6 +156,7 @@ class MafsNode(LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._info_pubs: list[Any] = []
         self._class_info_pub: Any = None
+        self._objects_pub: Any = None
         self._subs: list[Any] = []
         self._camera_info: CameraInfo | None = None
         self._last_rx = [0.0, 0.0]  # monotonic time of the last message per stream (0 = never)
@@ -206,6 +209,7 @@ class MafsNode(LifecycleNode):
         self._pubs = {k: self.create_lifecycle_publisher(Image, topic, out_qos) for k, (topic, _) in OUTPUTS.items()}
         self._info_pubs = [self.create_lifecycle_publisher(CameraInfo, t, out_qos) for t in INFO_OUTPUTS]
         self._class_info_pub = self.create_lifecycle_publisher(String, CLASS_INFO_TOPIC, qos.latched_qos())
+        self._objects_pub = self.create_lifecycle_publisher(conversions.objects_message_type(), OBJECTS_TOPIC, out_qos)
         self._restart_diag_timer(p.diagnostics_period)
         self.get_logger().info(f"configured: model {self._model_name()} on {getattr(self.engine, 'device', '?')} "
                                f"({getattr(self.engine, 'precision', '?')})")
@@ -315,10 +319,10 @@ class MafsNode(LifecycleNode):
         self._mailbox, self._worker, self.sync = None, None, None
 
     def _destroy_outputs(self) -> None:
-        for pub in [*self._pubs.values(), *self._info_pubs, self._class_info_pub]:
+        for pub in [*self._pubs.values(), *self._info_pubs, self._class_info_pub, self._objects_pub]:
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
-        self._pubs, self._info_pubs, self._class_info_pub = {}, [], None
+        self._pubs, self._info_pubs, self._class_info_pub, self._objects_pub = {}, [], None, None
 
     def _restart_diag_timer(self, period: float) -> None:
         """On a steady clock: under use_sim_time a paused or finished bag must not silence /diagnostics."""
@@ -501,7 +505,8 @@ class MafsNode(LifecycleNode):
         first_at_size = self._note_camera_size((rgb_msg.height, rgb_msg.width))
         want_color = self._pubs["color"].get_subscription_count() > 0
         want_overlay = self._pubs["overlay"].get_subscription_count() > 0
-        want_conf = self._pubs["confidence"].get_subscription_count() > 0
+        want_objects = self._objects_pub.get_subscription_count() > 0
+        want_conf = want_objects or self._pubs["confidence"].get_subscription_count() > 0
         result = engine.run(thermal, rgb, rgb_encoding=rgb_encoding, want_color=want_color, want_overlay=want_overlay,
                             want_confidence=want_conf)
         t2 = time.perf_counter()
@@ -512,8 +517,12 @@ class MafsNode(LifecycleNode):
             self._pubs["color"].publish(conversions.numpy_to_image(result.color, "rgb8", header))
         if want_overlay and result.overlay is not None:
             self._pubs["overlay"].publish(conversions.numpy_to_image(result.overlay, "bgr8", header))
-        if want_conf and getattr(result, "confidence", None) is not None:
-            self._pubs["confidence"].publish(conversions.numpy_to_image(result.confidence, "mono8", header))
+        confidence = getattr(result, "confidence", None)
+        if want_conf and confidence is not None:
+            self._pubs["confidence"].publish(conversions.numpy_to_image(confidence, "mono8", header))
+        if want_objects:
+            found = mask_objects(result.mask, engine.class_names, confidence=confidence, min_area=p.objects_min_area)
+            self._objects_pub.publish(conversions.objects_to_msg(found, header))
         info = self._camera_info
         if info is not None:
             out = CameraInfo(header=header, height=info.height, width=info.width,

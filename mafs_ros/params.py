@@ -75,6 +75,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("registration.homography", IDENTITY, "3x3 row-major homography mapping the thermal camera's own pixels to RGB "
          "pixels (what `mafs register` writes); identity = cameras already aligned, a thermal frame of another "
          "size is then scaled to the RGB size"),
+    Spec("objects.min_area", 64, "segmentation/objects: smallest connected component (pixels) of a thing class "
+         "(person, car, bike) reported as an object", range=(1, 10_000_000), live=True),
     Spec("overlay.alpha", 0.5, "weight of the class colours in segmentation/overlay", range=(0.0, 1.0)),
     Spec("sync.backend", "auto", "pairing: auto (message_filters if importable, else builtin), message_filters, "
          "builtin", choices=("auto", "message_filters", "builtin"), live=True),
@@ -117,6 +119,7 @@ class NodeParams:
     thermal_fixed_low: float
     thermal_fixed_high: float
     registration_homography: list[float]
+    objects_min_area: int
     overlay_alpha: float
     sync_backend: str
     sync_queue_size: int

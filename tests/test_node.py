@@ -180,6 +180,48 @@ def test_colour_overlay_and_confidence_only_for_subscribers() -> None:
         assert h.got["segmentation/color"] == h.got["segmentation/overlay"] == h.got["segmentation/confidence"] == []
 
 
+class PersonBoxEngine:
+    """The tiny real engine whose mask is replaced by one person rectangle: known objects to publish."""
+
+    def __init__(self) -> None:
+        self.inner = tiny_engine()
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def run(self, *args, **kwargs):
+        res = self.inner.run(*args, **kwargs)
+        res.mask[:] = 0
+        res.mask[10:30, 20:50] = self.inner.class_names.index("person")
+        return res
+
+
+@pytest.mark.timeout(90)
+def test_objects_from_the_mask_with_the_rgb_header() -> None:
+    from mafs_ros import conversions
+
+    with harness("/t_obj", engine_factory=lambda _p: PersonBoxEngine()) as h:
+        got: list = []
+        h.probe.create_subscription(conversions.objects_message_type(), "segmentation/objects", got.append, RELIABLE)
+        wait_for(lambda: h.node._objects_pub.get_subscription_count() > 0, 20, "objects subscriber")
+        h.wait_connected()
+        h.send_pair(3)
+        wait_for(lambda: got, 30, "objects")
+        msg = got[0]
+        if conversions.Detection2DArray is None:  # pip install: JSON in std_msgs/String
+            d = json.loads(msg.data)
+            assert d["header"]["frame_id"] == "rgb_3"
+            (o,) = d["objects"]
+            assert (o["class_name"], o["x"], o["y"], o["width"], o["height"], o["area"]) == \
+                ("person", 20, 10, 30, 20, 600)
+            assert 1 / 9 <= o["score"] <= 1.0
+        else:  # a ROS install with vision_msgs
+            assert msg.header.frame_id == "rgb_3" and len(msg.detections) == 1
+            det = msg.detections[0]
+            assert det.results[0].hypothesis.class_id == "person"
+            assert (det.bbox.center.position.x, det.bbox.center.position.y, det.bbox.size_x) == (35.0, 20.0, 30.0)
+
+
 @pytest.mark.timeout(90)
 def test_oversized_frames_are_refused_and_the_next_pair_is_answered() -> None:
     with harness("/t_big", overrides={"model.max_input_pixels": 10_000}) as h:  # 64x80 = 5120 px passes

@@ -57,7 +57,7 @@ def test_package_xml_declares_runtime_dependencies() -> None:
     assert root.find("export/build_type").text == "ament_python"
     deps = exec_depends()
     needed = {"rclpy", "rcl_interfaces", "builtin_interfaces", "sensor_msgs", "std_msgs", "diagnostic_msgs",
-              "lifecycle_msgs", "cv_bridge", "message_filters", "launch_ros", "rviz2", "ros2bag",
+              "lifecycle_msgs", "cv_bridge", "message_filters", "vision_msgs", "launch_ros", "rviz2", "ros2bag",
               "rosbag2_storage_mcap", "python3-numpy", "python3-opencv", "python3-torch", "python3-yaml",
               "python3-kornia-pip", "python3-onnxruntime-pip", "python3-rosbags-pip"}
     assert needed <= deps, f"missing exec deps: {sorted(needed - deps)}"
