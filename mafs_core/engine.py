@@ -36,7 +36,9 @@ from mafs_core.preprocess import (
     as_homography,
     register_thermal,
     resize,
+    resize_visible,
     to_tensor,
+    visible_to_bgr8,
     visible_to_rgb,
 )
 from mafs_core.sizes import working_size
@@ -487,11 +489,11 @@ class FusionSegmenter:
         size = (int(vis_u8.shape[1]), int(vis_u8.shape[2]))
         ir = self.normalizer.normalize(th)[:, None]  # [B,1,h,w] float32
         ir = register_thermal(ir, size, self._homography_t)
-        vis = visible_to_rgb(vis_u8, encoding)  # [B,3,H,W] RGB float32
+        vis_bgr = visible_to_bgr8(vis_u8, encoding)  # [B,H,W,3] uint8 at the camera's size (a view)
         net_size = self.network_size(size)
         dtype = self._io_dtype
         ir_n = resize(ir, net_size).to(dtype)
-        vis_n = resize(vis, net_size).to(dtype)
+        vis_n = visible_to_rgb(resize_visible(vis_u8, encoding, net_size), encoding).to(dtype)  # uint8 resize
         if cuda and cfg.channels_last and self._onnx is None:
             vis_n = vis_n.contiguous(memory_format=torch.channels_last)
         mark()
@@ -499,20 +501,17 @@ class FusionSegmenter:
         fused, head, seg = self._forward(ir_n, vis_n)
         mark()
         # ---- postprocess, all on the device; the graph's static outputs are consumed here
-        fused_bgr, ids, conf = self._full_resolution(fused, head, seg, ir, vis, size, want_confidence)
+        fused_bgr, ids, conf = self._full_resolution(fused, head, seg, ir, vis_bgr, size, want_confidence)
         parts = [fused_bgr.reshape(b, -1), ids.reshape(b, -1)]
         if conf is not None:
             parts.append(conf.reshape(b, -1))
-        color = None
-        if want_color or want_overlay:
-            color = self._palette_t[ids.long()]  # [B,H,W,3] RGB uint8: palette lookup by index
         if want_color:
-            parts.append(color.reshape(b, -1))
+            parts.append(self._palette_t[ids.long()].reshape(b, -1))  # [B,H,W,3] RGB: palette lookup by index
         if want_overlay:
             a = cfg.overlay_alpha * (torch.ones_like(ids) if cfg.overlay_background else (ids > 0)).to(torch.float32)
             a = a[..., None]
-            base = vis.permute(0, 2, 3, 1) * 255.0  # RGB
-            overlay = (base * (1.0 - a) + color.float() * a).round_().to(torch.uint8).flip(-1)  # -> BGR
+            colour_bgr = self._palette_t.flip(-1)[ids.long()].float()
+            overlay = (vis_bgr.float() * (1.0 - a) + colour_bgr * a).round_().to(torch.uint8)
             parts.append(overlay.reshape(b, -1))
         flat = torch.cat(parts, 1)
         mark()
@@ -552,14 +551,12 @@ class FusionSegmenter:
         return results
 
     def _full_resolution(self, fused: torch.Tensor, head: torch.Tensor, seg: torch.Tensor, ir: torch.Tensor,
-                         vis: torch.Tensor, size: tuple[int, int], want_confidence: bool,
+                         vis_bgr: torch.Tensor, size: tuple[int, int], want_confidence: bool,
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Network outputs at the working resolution -> (fused bgr8, class ids uint8, confidence uint8 or None) at
         the camera's. Detail comes from the full-resolution sources, boundaries from interpolated logits."""
-        if tuple(fused.shape[-2:]) == size:
-            fused_bgr = to_bgr8(fused.float())
-        elif self._blend and head is not fused:
-            fused_bgr = compose_fused_bgr8(head, ir, vis, self._residual)
+        if self._blend and head is not fused:  # at the network's size too: the network's own composition
+            fused_bgr = compose_fused_bgr8(head, ir, vis_bgr, self._residual)
         else:  # a direct head (or an ONNX file without the head output) has nothing to compose from
             fused_bgr = to_bgr8(resize(fused.float(), size))
         if seg.dtype == torch.uint8:  # ids-only ONNX export: no logits to interpolate

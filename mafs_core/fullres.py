@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from kornia.color import rgb_to_y
 
 from mafs_core.preprocess import resize
 
@@ -24,18 +23,26 @@ def to_bgr8(rgb: torch.Tensor) -> torch.Tensor:
     return (rgb.clamp(0.0, 1.0) * 255.0).round_().to(torch.uint8).flip(1).permute(0, 2, 3, 1)
 
 
-def compose_fused_bgr8(head: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor, residual: float) -> torch.Tensor:
+# BT.601 luma weights in B, G, R order (kornia.color.rgb_to_y's, for an image stored as bgr8)
+_Y_FROM_BGR = (0.114, 0.587, 0.299)
+
+
+def compose_fused_bgr8(head: torch.Tensor, ir: torch.Tensor, vis_bgr: torch.Tensor, residual: float) -> torch.Tensor:
     """The blend head at the working resolution + the sources at the camera's -> fused bgr8 [B,H,W,3].
 
-    The same values as model.compose_fused_y then model.restore_color then to_bgr8 (within one rounding step),
-    written as one in-place chain: at 1080p each pass over the frame costs milliseconds on a CPU.
+    ir: [B,1,H,W] in [0,1], registered; vis_bgr: [B,H,W,3] uint8 BGR (preprocess.visible_to_bgr8). The same
+    values as model.compose_fused_y then model.restore_color then to_bgr8 (within one rounding step), written
+    on the interleaved camera layout as one in-place chain: at 1080p each pass over the frame costs
+    milliseconds on a CPU, and the result needs no re-interleaving copy.
     """
-    h = resize(head.float(), tuple(vis.shape[-2:]))
-    share = h[:, :1].sigmoid()
-    vy = rgb_to_y(vis)
-    # clamp(y) - Y(vis), where y = share * ir + (1 - share) * Y(vis) + residual * tanh(r)
-    delta = (ir - vy).mul_(share).add_(h[:, 1:].tanh_().mul_(residual)).add_(vy).clamp_(0.0, 1.0).sub_(vy)
-    return (vis + delta).clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).flip(1).permute(0, 2, 3, 1)
+    size = tuple(vis_bgr.shape[1:3])
+    h = resize(head.float(), size)
+    share = h[:, 0].sigmoid()
+    v = vis_bgr.float()  # [B,H,W,3], 0..255
+    vy = v @ torch.tensor(_Y_FROM_BGR, device=v.device).div_(255.0)  # [B,H,W], 0..1
+    # 255 * (clamp(y) - Y(vis)), where y = share * ir + (1 - share) * Y(vis) + residual * tanh(r)
+    delta = (ir[:, 0] - vy).mul_(share).add_(h[:, 1].tanh_().mul_(residual)).add_(vy).clamp_(0.0, 1.0).sub_(vy)
+    return v.add_(delta.mul_(255.0)[..., None]).clamp_(0.0, 255.0).round_().to(torch.uint8)
 
 
 def channel_argmax(x: torch.Tensor) -> torch.Tensor:

@@ -125,8 +125,8 @@ class ThermalNormalizer:
         return ((v - lo) / (hi - lo).clamp_min(self.eps)).clamp_(0.0, 1.0)
 
 
-def visible_to_rgb(img: torch.Tensor, encoding: str = "bgr8") -> torch.Tensor:
-    """HxW / HxWxC uint8 (or BxHxWxC) visible image -> [B,3,H,W] float RGB in [0,1] (mono expanded)."""
+def _bhwc(img: torch.Tensor, encoding: str) -> tuple[torch.Tensor, str]:
+    """HxW / HxWxC / BxHxW(xC) uint8 visible image -> ([B,H,W,C] view, lower-case encoding), validated."""
     enc = encoding.lower()
     if enc not in {e.lower() for e in VISIBLE_ENCODINGS}:
         raise ValueError(f"unsupported visible encoding {encoding!r}; use one of {VISIBLE_ENCODINGS}")
@@ -139,16 +139,52 @@ def visible_to_rgb(img: torch.Tensor, encoding: str = "bgr8") -> torch.Tensor:
         x = x[..., None] if enc in ("mono8", "8uc1") and x.shape[-1] != 1 else x[None]
     elif x.ndim != 4:
         raise ValueError(f"visible image must be HxW or HxWxC, got shape {tuple(img.shape)}")
+    if x.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"visible image has {x.shape[-1]} channels; expected 1, 3 or 4")
+    return x, enc
+
+
+def _is_bgr(enc: str) -> bool:
+    return enc in ("bgr8", "bgra8", "8uc3")  # 8UC3 is OpenCV's BGR by convention
+
+
+def visible_to_rgb(img: torch.Tensor, encoding: str = "bgr8") -> torch.Tensor:
+    """HxW / HxWxC uint8 (or BxHxWxC) visible image -> [B,3,H,W] float RGB in [0,1] (mono expanded)."""
+    x, enc = _bhwc(img, encoding)
     c = x.shape[-1]
     if c == 1:
         x = x.expand(-1, -1, -1, 3)
-    elif c not in (3, 4):
-        raise ValueError(f"visible image has {c} channels; expected 1, 3 or 4")
     # planar bytes first, then the channel order: flipping an interleaved last dim of 3 is ~2x slower at 1080p
     x = x[..., :3].permute(0, 3, 1, 2).contiguous()
-    if c > 1 and enc in ("bgr8", "bgra8", "8uc3"):  # 8UC3 is OpenCV's BGR by convention
+    if c > 1 and _is_bgr(enc):
         x = x.flip(1)
     return x.float().div_(255.0)
+
+
+def visible_to_bgr8(img: torch.Tensor, encoding: str = "bgr8") -> torch.Tensor:
+    """The visible image as [B,H,W,3] uint8 BGR: the layout of the fused output, a view for bgr8/bgra8/mono8."""
+    x, enc = _bhwc(img, encoding)
+    if x.shape[-1] == 1:
+        return x.expand(-1, -1, -1, 3)
+    return x[..., :3] if _is_bgr(enc) else x[..., :3].flip(-1)
+
+
+def resize_visible(img: torch.Tensor, encoding: str, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a uint8 visible image (any layout visible_to_rgb takes) to (H, W), as [B,H,W,C] uint8.
+
+    On the CPU in uint8 channels-last: PyTorch's vectorised path, ~5x faster at 1080p than resizing the float
+    planar image (antialiased when shrinking, as `resize`). Elsewhere through float."""
+    x, _ = _bhwc(img, encoding)
+    if tuple(x.shape[1:3]) == tuple(size):
+        return x
+    planar = x.permute(0, 3, 1, 2)  # a channels-last view
+    shrink = x.shape[1] > size[0] or x.shape[2] > size[1]
+    if x.device.type == "cpu":
+        out = F.interpolate(planar, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    else:
+        out = F.interpolate(planar.float(), size=size, mode="bilinear", align_corners=False, antialias=shrink)
+        out = out.round_().clamp_(0, 255).to(torch.uint8)
+    return out.permute(0, 2, 3, 1)
 
 
 def as_homography(h: np.ndarray | torch.Tensor | list | None) -> np.ndarray | None:

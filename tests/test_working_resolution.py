@@ -56,17 +56,33 @@ def test_upsampled_argmax_equals_interpolate_then_argmax(small, big) -> None:
 
 
 def test_compose_fused_bgr8_is_the_models_composition() -> None:
-    """The engine's in-place chain = the network's own composition (compose_fused_y, restore_color) at full size."""
+    """The engine's chain on the camera's bgr8 layout = the network's own composition (compose_fused_y,
+    restore_color) on the float RGB image, at full size."""
     from kornia.color import rgb_to_y
 
+    from mafs_core.preprocess import visible_to_rgb
+
     g = torch.Generator().manual_seed(1)
-    head, ir, vis = torch.randn(2, 2, 9, 13, generator=g) * 3, torch.rand(2, 1, 36, 52, generator=g), \
-        torch.rand(2, 3, 36, 52, generator=g)
+    head, ir = torch.randn(2, 2, 9, 13, generator=g) * 3, torch.rand(2, 1, 36, 52, generator=g)
+    bgr = torch.randint(0, 256, (2, 36, 52, 3), generator=g, dtype=torch.uint8)
+    rgb = visible_to_rgb(bgr, "bgr8")
     up = torch.nn.functional.interpolate(head, size=(36, 52), mode="bilinear", align_corners=False)
-    want = to_bgr8(restore_color(compose_fused_y(up, ir, rgb_to_y(vis), True, 0.25), vis))
-    got = compose_fused_bgr8(head, ir, vis, 0.25)
-    assert got.shape == (2, 36, 52, 3) and got.dtype == torch.uint8
+    want = to_bgr8(restore_color(compose_fused_y(up, ir, rgb_to_y(rgb), True, 0.25), rgb))
+    got = compose_fused_bgr8(head, ir, bgr, 0.25)
+    assert got.shape == (2, 36, 52, 3) and got.dtype == torch.uint8 and got.is_contiguous()
     assert int((got.int() - want.int()).abs().max()) <= 1
+
+
+def test_resize_visible_matches_the_float_resize() -> None:
+    from mafs_core.preprocess import resize, resize_visible, visible_to_rgb
+
+    g = torch.Generator().manual_seed(2)
+    for enc, shape in (("bgr8", (1, 90, 120, 3)), ("bgra8", (2, 90, 120, 4)), ("mono8", (1, 90, 120))):
+        img = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+        small = visible_to_rgb(resize_visible(img, enc, (45, 64)), enc)
+        want = resize(visible_to_rgb(img, enc), (45, 64))
+        assert small.shape == want.shape == (shape[0], 3, 45, 64)
+        assert float((small - want).abs().max()) <= 1.5 / 255, enc
 
 
 def test_channel_argmax_takes_the_first_maximum() -> None:
