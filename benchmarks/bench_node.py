@@ -38,6 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from mafs_core.sizes import parse_input_size  # noqa: E402
 from mafs_ros.env import configure_ros_env, unique_domain_id  # noqa: E402
 
 NS = "/bench"
@@ -57,10 +58,10 @@ def _node(args: list[str], variant: str, device: str, use_variant: bool) -> None
 
 def _size(text: str) -> tuple[int, int]:
     """'WxH' -> (H, W)."""
-    w, _, h = text.lower().partition("x")
-    if not (w.isdigit() and h.isdigit()):
+    size = parse_input_size(text)
+    if not isinstance(size, tuple):
         raise argparse.ArgumentTypeError(f"{text!r}: use WxH, e.g. 1920x1080")
-    return int(h), int(w)
+    return size
 
 
 def _frames(n: int, rgb_size: tuple[int, int], th_size: tuple[int, int], th_encoding: str,

@@ -283,7 +283,8 @@ def export_bag(bag: str | Path, out: str | Path, thermal_topic: str = THERMAL_TO
                     try:
                         fb = frame_boxes(src, pf, shape)
                     except ValueError as exc:  # a malformed box file: the frame is kept, the file named
-                        fb, _ = None, box_errors.append(str(exc))
+                        box_errors.append(str(exc))
+                        fb = None
                     if fb is not None:
                         write_yolo(out / "boxes" / f"{name}.txt", fb, shape, write_map)
                         n_boxes = len(fb)

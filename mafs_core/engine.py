@@ -255,6 +255,7 @@ class FusionSegmenter:
         if len(self._palette) < num_classes:
             raise ValueError(f"palette has {len(self._palette)} colours for {num_classes} classes")
         self._palette_t = torch.from_numpy(self._palette.copy()).to(self._device)
+        self._palette_bgr_t = self._palette_t.flip(-1).contiguous()  # the overlay is BGR
         self.normalizer = ThermalNormalizer(**cfg.thermal_kwargs(meta.get("thermal_norm")))
         self.set_homography(cfg.homography)
         self._forward = self._build_forward()
@@ -431,7 +432,7 @@ class FusionSegmenter:
             self._onnx = None
             self._forward = None  # type: ignore[assignment]
             self._host_buf = None
-            self._palette_t = None  # type: ignore[assignment]
+            self._palette_t = self._palette_bgr_t = None  # type: ignore[assignment]
             self._homography_t = None
             self.normalizer.reset()
             if self._device.type == "cuda":
@@ -510,7 +511,7 @@ class FusionSegmenter:
         if want_overlay:
             a = cfg.overlay_alpha * (torch.ones_like(ids) if cfg.overlay_background else (ids > 0)).to(torch.float32)
             a = a[..., None]
-            colour_bgr = self._palette_t.flip(-1)[ids.long()].float()
+            colour_bgr = self._palette_bgr_t[ids.long()].float()
             overlay = (vis_bgr.float() * (1.0 - a) + colour_bgr * a).round_().to(torch.uint8)
             parts.append(overlay.reshape(b, -1))
         flat = torch.cat(parts, 1)

@@ -23,8 +23,15 @@ def to_bgr8(rgb: torch.Tensor) -> torch.Tensor:
     return (rgb.clamp(0.0, 1.0) * 255.0).round_().to(torch.uint8).flip(1).permute(0, 2, 3, 1)
 
 
-# BT.601 luma weights in B, G, R order (kornia.color.rgb_to_y's, for an image stored as bgr8)
-_Y_FROM_BGR = (0.114, 0.587, 0.299)
+# BT.601 luma weights in B, G, R order (kornia.color.rgb_to_y's, for an image stored as bgr8), per device once:
+# a fresh tensor each frame would be a host-to-device copy on the hot path
+_Y_FROM_BGR: dict[torch.device, torch.Tensor] = {}
+
+
+def _y_weights(device: torch.device) -> torch.Tensor:
+    if device not in _Y_FROM_BGR:
+        _Y_FROM_BGR[device] = torch.tensor((0.114, 0.587, 0.299), device=device) / 255.0
+    return _Y_FROM_BGR[device]
 
 
 def compose_fused_bgr8(head: torch.Tensor, ir: torch.Tensor, vis_bgr: torch.Tensor, residual: float) -> torch.Tensor:
@@ -39,7 +46,7 @@ def compose_fused_bgr8(head: torch.Tensor, ir: torch.Tensor, vis_bgr: torch.Tens
     h = resize(head.float(), size)
     share = h[:, 0].sigmoid()
     v = vis_bgr.float()  # [B,H,W,3], 0..255
-    vy = v @ torch.tensor(_Y_FROM_BGR, device=v.device).div_(255.0)  # [B,H,W], 0..1
+    vy = v @ _y_weights(v.device)  # [B,H,W], 0..1
     # 255 * (clamp(y) - Y(vis)), where y = share * ir + (1 - share) * Y(vis) + residual * tanh(r)
     delta = (ir[:, 0] - vy).mul_(share).add_(h[:, 1].tanh_().mul_(residual)).add_(vy).clamp_(0.0, 1.0).sub_(vy)
     return v.add_(delta.mul_(255.0)[..., None]).clamp_(0.0, 255.0).round_().to(torch.uint8)

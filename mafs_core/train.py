@@ -312,14 +312,10 @@ def _records(base: str, sources: list[SourceConfig], subset: str, num_classes: i
     return recs
 
 
-def box_classes(sources: list[SourceConfig], num_classes: int, base: str = ".") -> list[int]:
-    """The classes the sources' boxes label (exhaustively): the box losses' classes."""
-    classes: set[int] = set()
-    for s in sources:
-        if s.boxes:
-            classes |= set(BoxSource(Path(base) / s.boxes, default_class_names(num_classes), s.box_format,
-                                     s.box_classes or None).classes)
-    return sorted(classes)
+def box_classes(records: Sequence[Record]) -> list[int]:
+    """The classes the records' boxes label (exhaustively): the box losses' classes."""
+    sources = {id(r.box_source): r.box_source for r in records if r.box_source is not None}
+    return sorted({c for src in sources.values() for c in src.classes})
 
 
 def _box_lists(rows: torch.Tensor, frames: torch.Tensor) -> list[list[Box] | None]:
@@ -616,8 +612,8 @@ class Trainer:
         lc = cfg.loss
         weights = {"proj": lc.w_box_proj, "pair": lc.w_box_pair, "neg": lc.w_box_neg}
         self.box_weights = weights if any(weights.values()) and t.stage == "joint" else {}
-        self.box_classes = box_classes(cfg.data.sources, cfg.data.num_classes, cfg.data.root) \
-            if self.box_weights else []
+        self.box_classes = box_classes(self.train_ds.records) if self.box_weights else []
+        self._box_classes_t = torch.tensor(self.box_classes, dtype=torch.long, device=dev)
         if self.box_weights and self.main:
             names = default_class_names(cfg.data.num_classes)
             print(f"[mafs train] box supervision on {', '.join(names[c] for c in self.box_classes) or 'no class'}: "
@@ -726,7 +722,7 @@ class Trainer:
             if t_logits is not None and cfg.teacher.pseudo_labels:
                 pseudo = pseudo_labels(t_logits, lc.pseudo_conf)
                 if self.box_classes and bool(boxed.any()):  # the boxes, not the teacher, teach their classes there
-                    owned = torch.isin(pseudo, torch.tensor(self.box_classes, device=pseudo.device))
+                    owned = torch.isin(pseudo, self._box_classes_t)
                     pseudo = pseudo.masked_fill(owned & boxed.view(-1, 1, 1), IGNORE_INDEX)
                 label = merge_labels(label, has_label, pseudo)
             logits = out["logits"].float()
