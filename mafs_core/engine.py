@@ -30,7 +30,7 @@ from torch import nn
 
 from mafs_core.checkpoint import DEFAULT_THERMAL_NORM, load_checkpoint
 from mafs_core.classes import default_class_names, default_palette
-from mafs_core.fullres import channel_argmax, compose_fused_bgr8, confidence, to_bgr8, upsampled_argmax
+from mafs_core.fullres import colorize, compose_fused_bgr8, confidence, to_bgr8, upsampled_argmax
 from mafs_core.preprocess import (
     ThermalNormalizer,
     as_homography,
@@ -322,7 +322,8 @@ class FusionSegmenter:
 
     def _build_forward(self) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
         """(ir, vis) network-resolution tensors -> (fused RGB [B,3,h,w], fusion head [B,2,h,w] or the fused image
-        again where there is none, logits [B,C,h,w] or class ids [B,h,w] from an ids-only ONNX export)."""
+        again where there is none, logits [B,C,h/4,w/4] or [B,C,h,w] or class ids [B,h,w] from an ids-only ONNX
+        export)."""
         if self._onnx is not None:
             onnx = self._onnx
 
@@ -336,9 +337,13 @@ class FusionSegmenter:
             return forward_onnx
 
         model = self.model
+        pm = getattr(getattr(model, "config", None), "pad_multiple", 0)
 
         def forward(ir: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            out = model(ir, vis)
+            # unpadded inputs (every working size is a multiple of pad_multiple) keep the decoder's 1/4 logits:
+            # post-processing interpolates once, to the camera's size, instead of twice
+            quarter = bool(pm) and ir.shape[-2] % pm == 0 and ir.shape[-1] % pm == 0
+            out = model(ir, vis, quarter_logits=quarter)
             return out["fused"], out.get("fusion_head", out["fused"]), out["logits"]
 
         fn = forward
@@ -507,11 +512,11 @@ class FusionSegmenter:
         if conf is not None:
             parts.append(conf.reshape(b, -1))
         if want_color:
-            parts.append(self._palette_t[ids.long()].reshape(b, -1))  # [B,H,W,3] RGB: palette lookup by index
+            parts.append(colorize(self._palette_t, ids).reshape(b, -1))  # [B,H,W,3] RGB: palette lookup by index
         if want_overlay:
             a = cfg.overlay_alpha * (torch.ones_like(ids) if cfg.overlay_background else (ids > 0)).to(torch.float32)
             a = a[..., None]
-            colour_bgr = self._palette_bgr_t[ids.long()].float()
+            colour_bgr = colorize(self._palette_bgr_t, ids).float()
             overlay = (vis_bgr.float() * (1.0 - a) + colour_bgr * a).round_().to(torch.uint8)
             parts.append(overlay.reshape(b, -1))
         flat = torch.cat(parts, 1)
@@ -585,7 +590,7 @@ class FusionSegmenter:
             vis = vis.contiguous(memory_format=torch.channels_last)
         with self._lock, torch.inference_mode():
             fused, _, seg = self._forward(ir, vis)
-            ids = seg if seg.dtype == torch.uint8 else channel_argmax(seg)
+            ids = seg if seg.dtype == torch.uint8 else upsampled_argmax(seg, tuple(ir.shape[-2:]))
             return fused.float().clone(), ids.clone()
 
     def describe(self) -> str:

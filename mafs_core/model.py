@@ -287,7 +287,10 @@ class MAFS(nn.Module):
                 fused.append(self.cam[i](a, b))
         return {"ir0": ir0, "ir1": ir1, "vis0": vis0, "vis1": vis1, "ir": feats_ir, "vis": feats_vis, "fused": fused}
 
-    def forward(self, ir: torch.Tensor, vis: torch.Tensor, mode: str = "joint") -> dict[str, Any]:
+    def forward(self, ir: torch.Tensor, vis: torch.Tensor, mode: str = "joint",
+                quarter_logits: bool = False) -> dict[str, Any]:
+        """quarter_logits: return the decoder's 1/4-resolution logits as they are, for an input that needs no
+        padding; the engine then interpolates them once, straight to the camera's size (fullres.py)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if ir.dim() != 4 or ir.shape[1] != 1 or vis.dim() != 4 or vis.shape[1] != 3:
@@ -307,7 +310,11 @@ class MAFS(nn.Module):
         y, head = self.fusion(e["ir0"], e["vis0"], e["ir1"], e["vis1"], sem, ir_p, kornia.color.rgb_to_y(vis_p))
         y, head = y[..., :h, :w], head[..., :h, :w]
         size = (h + (-h) % self.config.pad_multiple, w + (-w) % self.config.pad_multiple)
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[..., :h, :w]
+        if quarter_logits and size != (h, w):
+            raise ValueError(f"quarter_logits needs an input that is a multiple of {self.config.pad_multiple}, "
+                             f"got {h}x{w}")
+        if not quarter_logits:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[..., :h, :w]
         aux_logits = [F.interpolate(a, size=size, mode="bilinear", align_corners=False)[..., :h, :w] for a in aux]
         return {"fused_y": y, "fused": restore_color(y, vis), "fusion_head": head, "logits": logits,
                 "aux_logits": aux_logits}

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mafs_core.engine import FusionSegmenter
-from mafs_core.fullres import channel_argmax, compose_fused_bgr8, to_bgr8, upsampled_argmax
+from mafs_core.fullres import channel_argmax, colorize, compose_fused_bgr8, to_bgr8, upsampled_argmax
 from mafs_core.metrics import average_gradient, spatial_frequency, to_gray
 from mafs_core.model import compose_fused_y, restore_color
 from mafs_core.sizes import working_size
@@ -71,6 +71,35 @@ def test_compose_fused_bgr8_is_the_models_composition() -> None:
     got = compose_fused_bgr8(head, ir, bgr, 0.25)
     assert got.shape == (2, 36, 52, 3) and got.dtype == torch.uint8 and got.is_contiguous()
     assert int((got.int() - want.int()).abs().max()) <= 1
+    # the network hands over a channels-last head on the CPU: same values
+    cl = compose_fused_bgr8(head.contiguous(memory_format=torch.channels_last), ir, bgr, 0.25)
+    assert torch.equal(cl, got)
+
+
+def test_colorize_is_the_palette_lookup() -> None:
+    g = torch.Generator().manual_seed(3)
+    palette = torch.randint(0, 256, (9, 3), generator=g, dtype=torch.uint8)
+    ids = torch.randint(0, 9, (2, 7, 11), generator=g, dtype=torch.uint8)
+    got = colorize(palette, ids)
+    assert got.shape == (2, 7, 11, 3) and torch.equal(got, palette[ids.long()])
+
+
+def test_quarter_logits_are_the_decoders_own() -> None:
+    """The engine takes the 1/4-resolution logits on unpadded inputs: interpolated, they are the model's
+    default logits; a padded input cannot give them."""
+    from mafs_core.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mafs_t").eval()
+    ir, vis = torch.rand(1, 1, 64, 96), torch.rand(1, 3, 64, 96)
+    with torch.inference_mode():
+        full = model(ir, vis)["logits"]
+        quarter = model(ir, vis, quarter_logits=True)["logits"]
+        assert quarter.shape == (1, 9, 16, 24)
+        up = torch.nn.functional.interpolate(quarter, size=(64, 96), mode="bilinear", align_corners=False)
+        assert torch.allclose(up, full, atol=1e-5)
+        with pytest.raises(ValueError, match="multiple of 32"):
+            model(ir[..., :60, :], vis[..., :60, :], quarter_logits=True)
 
 
 def test_resize_visible_matches_the_float_resize() -> None:
