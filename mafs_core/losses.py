@@ -141,17 +141,18 @@ def class_weights(pixel_counts: Sequence[float], scheme: str, max_ratio: float =
     that the pixel-weighted mean is 1 (the loss keeps its scale). Square root and cap because plain inverse
     frequency (x900 for guardrail against background on MSRS) turns every thin class into false positives;
     the class-bias calibration before export then sets the final decision thresholds (docs/training.md).
-    Classes absent from the labels get the largest weight. `none`: all ones.
+    Classes absent from the labels get the largest weight; with no labelled pixel at all (teacher-only or
+    box-only training) every weight is 1. `none`: all ones.
     """
     c = torch.as_tensor(pixel_counts, dtype=torch.float64)
-    if scheme == "none":
-        return torch.ones(len(c), dtype=torch.float32)
-    if scheme != "sqrt_inv":
+    if scheme not in ("none", "sqrt_inv"):
         raise ValueError(f"class weighting must be 'none' or 'sqrt_inv', got {scheme!r}")
+    if scheme == "none" or c.sum() <= 0:
+        return torch.ones(len(c), dtype=torch.float32)
     f = c / c.sum().clamp_min(1)
     w = torch.where(f > 0, f.clamp_min(1e-12).rsqrt(), torch.tensor(float("inf"), dtype=torch.float64))
     w = torch.minimum(w, w.min() * max_ratio)
-    w = w / (w * f).sum().clamp_min(1e-12) if (f > 0).any() else w
+    w = w / (w * f).sum().clamp_min(1e-12)
     return w.float()
 
 

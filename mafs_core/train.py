@@ -133,6 +133,7 @@ class LossConfig:
     w_box_proj: float = 0.0
     w_box_pair: float = 0.0
     w_box_neg: float = 0.0
+    box_teacher: str = "correct"  # correct | drop: the teacher's pseudo-labels on box frames (pseudo_with_boxes)
 
 
 @dataclass
@@ -602,6 +603,7 @@ class Trainer:
         self.teacher = None
         self.class_bias: dict | None = None  # set by the class-bias calibration before export
         self.ce_weight: torch.Tensor | None = None
+        self._nonfinite = 0  # consecutive steps with a non-finite loss (_check_finite)
         if t.stage == "joint" and cfg.loss.class_weighting != "none":
             counts = label_pixel_counts(self.train_ds.records, cfg.data.num_classes)
             self.ce_weight = class_weights(counts, cfg.loss.class_weighting, cfg.loss.class_weight_max).to(dev)
@@ -613,6 +615,8 @@ class Trainer:
         weights = {"proj": lc.w_box_proj, "pair": lc.w_box_pair, "neg": lc.w_box_neg}
         self.box_weights = weights if any(weights.values()) and t.stage == "joint" else {}
         self.box_classes = box_classes(self.train_ds.records) if self.box_weights else []
+        if lc.box_teacher not in ("correct", "drop"):
+            raise ValueError(f"loss.box_teacher must be 'correct' or 'drop', got {lc.box_teacher!r}")
         self._box_classes_t = torch.tensor(self.box_classes, dtype=torch.long, device=dev)
         if self.box_weights and self.main:
             names = default_class_names(cfg.data.num_classes)
@@ -719,13 +723,17 @@ class Trainer:
             l_f, parts = fusion_loss(out["fused_y"].float(), ir, vis_y, tmask, lc.w_int, lc.w_grad, lc.w_ssim,
                                      lc.salient_weight, lc.w_qabf)
             boxed = has_boxes.to(self.device) & ~has_label.to(self.device)  # box-supervised frames
+            logits = out["logits"].float()
+            targets = None
+            if self.box_weights and bool(boxed.any()):
+                targets = BoxTargets.from_boxes(_box_lists(batch["boxes"], boxed.cpu()), logits.shape[1],
+                                                tuple(logits.shape[-2:]), self.box_classes, self.device)
             if t_logits is not None and cfg.teacher.pseudo_labels:
                 pseudo = pseudo_labels(t_logits, lc.pseudo_conf)
-                if self.box_classes and bool(boxed.any()):  # the boxes, not the teacher, teach their classes there
-                    owned = torch.isin(pseudo, self._box_classes_t)
-                    pseudo = pseudo.masked_fill(owned & boxed.view(-1, 1, 1), IGNORE_INDEX)
+                if self.box_classes and bool(boxed.any()):
+                    pseudo = pseudo_with_boxes(pseudo, boxed, None if targets is None else targets.mask,
+                                               self._box_classes_t, lc.box_teacher)
                 label = merge_labels(label, has_label, pseudo)
-            logits = out["logits"].float()
             l_ce = ohem_ce(logits, label, lc.ohem_thresh, lc.ohem_min_kept, weight=self.ce_weight)
             l_aux = sum((ohem_ce(a.float(), label, lc.ohem_thresh, lc.ohem_min_kept, weight=self.ce_weight)
                          for a in out["aux_logits"]), logits.new_zeros(()))
@@ -733,9 +741,7 @@ class Trainer:
                 else logits.new_zeros(())
             l_s = l_ce + lc.aux_weight * l_aux + lc.kd_weight * l_kd
             box_parts: dict[str, float] = {}
-            if self.box_weights and bool(boxed.any()):
-                targets = BoxTargets.from_boxes(_box_lists(batch["boxes"], boxed.cpu()), logits.shape[1],
-                                                tuple(logits.shape[-2:]), self.box_classes, self.device)
+            if targets is not None:
                 l_box, bp = box_loss(logits, targets, torch.cat([vis, ir], 1), self.box_weights)
                 l_s = l_s + l_box
                 box_parts = {"box": float(l_box.detach()), **{f"box_{k}": float(v.detach()) for k, v in bp.items()}}
@@ -759,11 +765,25 @@ class Trainer:
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
+    def _check_finite(self, o: StepOut) -> None:
+        """Stop on a non-finite loss, naming its parts: training on would only write NaN weights. Under fp16 the
+        grad scaler skips overflowing steps by design, so only a run of them counts there."""
+        if bool(torch.isfinite(o.loss)):
+            self._nonfinite = 0
+            return
+        self._nonfinite += 1
+        if self.cfg.train.precision == "fp16" and self._nonfinite < 10:
+            return
+        parts = ", ".join(f"{k}={v:.4g}" for k, v in o.parts.items() if isinstance(v, float))
+        raise FloatingPointError(f"loss is {float(o.loss.detach())} at step {self.step + 1} ({parts}); check the data "
+                                 "and the loss weights (a class weight of inf means no training label at all)")
+
     def train_step(self, batch: dict) -> dict:
         self.net.train()
         for m in self.frozen:  # frozen layers run as at inference: their BN statistics must not drift
             m.eval()
         o = self.compute(batch)
+        self._check_finite(o)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(o.loss).backward()
         gnorm = 0.0
@@ -987,6 +1007,26 @@ class Trainer:
         print(f"[mafs train] step {self.step} " + " ".join(f"{k}={v:.4f}" for k, v in res.items()
                                                              if isinstance(v, float)), flush=True)
         return res
+
+
+def pseudo_with_boxes(pseudo: torch.Tensor, boxed: torch.Tensor, box_mask: torch.Tensor | None,
+                      box_classes: Sequence[int] | torch.Tensor, mode: str = "correct") -> torch.Tensor:
+    """The teacher's pseudo-labels [B,H,W] on the box-supervised frames `boxed` [B] (loss.box_teacher).
+
+    `correct`: a box class is kept where a box of that class holds it, any other class where no box is; the
+    rest (the teacher's objects outside every box, the box pixels it calls something else) becomes ignore and
+    is left to the box terms. `drop`: every box-class pixel is left to the boxes; measured worse, since the
+    projection term alone gives few positives (docs/training.md, "Box supervision"). box_mask: [B,C,H,W], 1
+    inside some box of class c (BoxTargets.mask)."""
+    classes = torch.as_tensor(box_classes, dtype=torch.long, device=pseudo.device)  # no copy for a tensor
+    owned = torch.isin(pseudo, classes)
+    if mode == "drop" or box_mask is None:
+        return pseudo.masked_fill(owned & boxed.view(-1, 1, 1), IGNORE_INDEX)
+    inside = box_mask > 0
+    in_any = inside[:, classes].any(1)
+    in_own = inside.gather(1, pseudo.clamp(max=inside.shape[1] - 1).long()[:, None])[:, 0]
+    keep = torch.where(owned, in_own, ~in_any) | (pseudo == IGNORE_INDEX)
+    return pseudo.masked_fill(~keep & boxed.view(-1, 1, 1), IGNORE_INDEX)
 
 
 def label_pixel_counts(records: Sequence[Record], num_classes: int) -> np.ndarray:

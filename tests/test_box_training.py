@@ -102,8 +102,11 @@ def test_training_step_uses_the_boxes_of_unmasked_frames(sample_data: Path, tmp_
     """The committed real MSRS samples with their real boxes and masks left out: the box terms are computed."""
     from mafs_core.train import Trainer, load_config
 
-    trainer = Trainer(load_config(_config(tmp_path, sample_data, w_box_proj=1.0, w_box_pair=1.0, w_box_neg=0.5)))
+    trainer = Trainer(load_config(_config(tmp_path, sample_data, w_box_proj=1.0, w_box_pair=1.0, w_box_neg=0.5,
+                                          class_weighting="sqrt_inv")))
     assert all(r.label is None and r.box_source is not None for r in trainer.train_ds.records)
+    # no mask at all: the label-frequency class weights fall back to 1 (they were inf, and every loss NaN)
+    assert torch.equal(trainer.ce_weight.cpu(), torch.ones(9))
     assert trainer.box_classes == sorted(default_class_names(9).index(c) for c in ("person", "bike", "car"))
     trainer.fit()
     rows = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
@@ -124,6 +127,15 @@ def test_box_terms_off_by_default(sample_data: Path, tmp_path: Path) -> None:
     assert not any(k.startswith("box") for r in rows for k in r)
 
 
+def test_a_non_finite_loss_stops_training_and_names_its_parts(sample_data: Path, tmp_path: Path) -> None:
+    from mafs_core.train import Trainer, load_config
+
+    trainer = Trainer(load_config(_config(tmp_path, sample_data, w_int=float("nan"))))
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 1 \(.*fusion=nan"):
+        trainer.fit()
+    assert not (tmp_path / "run" / "final.safetensors").exists()
+
+
 def test_unknown_box_folder_fails_with_its_name(sample_data: Path, tmp_path: Path) -> None:
     from mafs_core.train import Trainer, load_config
 
@@ -132,3 +144,26 @@ def test_unknown_box_folder_fails_with_its_name(sample_data: Path, tmp_path: Pat
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(FileNotFoundError, match="no_such_boxes"):
         Trainer(load_config(tmp_path / "c.yaml"))
+
+
+def test_teacher_pseudo_labels_corrected_by_the_boxes() -> None:
+    """On a box frame the teacher's person is kept inside a person box and ignored outside every one; its other
+    classes are kept outside the boxes and left to the box terms inside; frames without boxes are untouched."""
+    from mafs_core.losses import IGNORE_INDEX
+    from mafs_core.train import pseudo_with_boxes
+
+    person, car = default_class_names(9).index("person"), default_class_names(9).index("car")
+    pseudo = torch.zeros(2, 4, 6, dtype=torch.long)
+    pseudo[:, :, 0:2] = person  # the teacher's person: inside the box (cols 0-1 of rows 0-1) and beyond it
+    pseudo[:, 3, 5] = IGNORE_INDEX  # not confident
+    mask = torch.zeros(2, 9, 4, 6)
+    mask[:, person, 0:2, 0:3] = 1.0  # one person box: rows 0-1, cols 0-2
+    boxed = torch.tensor([True, False])
+    got = pseudo_with_boxes(pseudo, boxed, mask, [person, car])
+    want = pseudo[0].clone()
+    want[2:, 0:2] = IGNORE_INDEX  # person outside every person box
+    want[0:2, 2] = IGNORE_INDEX  # background inside the box: left to the box terms
+    assert torch.equal(got[0], want)
+    assert torch.equal(got[1], pseudo[1])
+    dropped = pseudo_with_boxes(pseudo, boxed, mask, [person, car], "drop")
+    assert bool((dropped[0][pseudo[0] == person] == IGNORE_INDEX).all()) and torch.equal(dropped[1], pseudo[1])

@@ -115,6 +115,7 @@ def test_class_weights_sqrt_inverse_frequency() -> None:
     assert torch.isclose(w.max() / w.min(), torch.tensor(10.0), rtol=1e-4)  # capped, absent class included
     assert w[4] == w.max()
     assert torch.equal(class_weights(counts, "none"), torch.ones(5))
+    assert torch.equal(class_weights([0] * 5, "sqrt_inv"), torch.ones(5))  # no labelled pixel: uniform, not inf
     with pytest.raises(ValueError, match="class weighting"):
         class_weights(counts, "inverse")
 
