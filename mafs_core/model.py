@@ -298,6 +298,10 @@ class MAFS(nn.Module):
         if ir.shape[0] != vis.shape[0] or ir.shape[-2:] != vis.shape[-2:]:
             raise ValueError(f"ir {tuple(ir.shape)} and vis {tuple(vis.shape)} must share batch and size")
         h, w = ir.shape[-2:]
+        size = (h + (-h) % self.config.pad_multiple, w + (-w) % self.config.pad_multiple)
+        if quarter_logits and size != (h, w):
+            raise ValueError(f"quarter_logits needs an input that is a multiple of {self.config.pad_multiple}, "
+                             f"got {h}x{w}")
         ir_p, vis_p = self._pad(ir), self._pad(vis)
         if self.channels_last:
             ir_p = ir_p.contiguous(memory_format=torch.channels_last)
@@ -309,10 +313,6 @@ class MAFS(nn.Module):
         sem, logits, aux = self.seg(e["fused"], with_aux=self.training)
         y, head = self.fusion(e["ir0"], e["vis0"], e["ir1"], e["vis1"], sem, ir_p, kornia.color.rgb_to_y(vis_p))
         y, head = y[..., :h, :w], head[..., :h, :w]
-        size = (h + (-h) % self.config.pad_multiple, w + (-w) % self.config.pad_multiple)
-        if quarter_logits and size != (h, w):
-            raise ValueError(f"quarter_logits needs an input that is a multiple of {self.config.pad_multiple}, "
-                             f"got {h}x{w}")
         if not quarter_logits:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[..., :h, :w]
         aux_logits = [F.interpolate(a, size=size, mode="bilinear", align_corners=False)[..., :h, :w] for a in aux]

@@ -776,7 +776,7 @@ class Trainer:
             return
         parts = ", ".join(f"{k}={v:.4g}" for k, v in o.parts.items() if isinstance(v, float))
         raise FloatingPointError(f"loss is {float(o.loss.detach())} at step {self.step + 1} ({parts}); check the data "
-                                 "and the loss weights (a class weight of inf means no training label at all)")
+                                 "and the loss weights")
 
     def train_step(self, batch: dict) -> dict:
         self.net.train()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 15's comparison: the same start, the same budget, three supervisions of the MSRS training pairs, scored on
+# Issue 15's comparison: the same start, the same budget, four supervisions of the MSRS training pairs, scored on
 # the committed validation split against the real masks and with `mafs eval --boxes`. The start is the mafs_t that
 # never saw a real mask (distilled from the teacher only; the weights shipped before f2f2ee4), so that (a) and (b)
 # learn nothing from masks at all:

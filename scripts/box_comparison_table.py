@@ -1,5 +1,5 @@
 """Markdown tables of scripts/box_comparison.sh's evaluations: per-class IoU against the real masks of the
-validation split, and the box metrics of `mafs eval --boxes`, for the start and the three runs.
+validation split, and the box metrics of `mafs eval --boxes`, for the start and each run (a, b, b_drop, c).
 
     python scripts/box_comparison_table.py runs/boxes > runs/boxes/table.md
 """
