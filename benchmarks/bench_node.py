@@ -14,8 +14,9 @@ benchmarks/results/bench_node.json.
 DDS: single host (loopback discovery), with the shipped shared-memory profile (config/fastdds_shm.xml)
 or, with --dds-profile none, Fast DDS's defaults; `received` (messages that reached the node's
 callbacks, from /diagnostics) against `pairs_sent` is what the transport delivered, whatever the engine
-keeps up with. --input-size sets the node's model.input_size (default auto: the working resolution; 0 = the
-camera's own size). Frames are real MSRS pairs (../shared/data, else the committed data/samples) resized to
+keeps up with. The node is told the RGB camera's size (model.warmup_size), so it warms up at it.
+--input-size sets the node's model.input_size (default auto: the working resolution; 0 = the camera's own
+size). Frames are real MSRS pairs (../shared/data, else the committed data/samples) resized to
 the two cameras' sizes; mono16 thermal is the 8-bit frame as raw counts (x 64 + 20000, a 14-bit-like range).
 """
 
@@ -85,13 +86,17 @@ def _frames(n: int, rgb_size: tuple[int, int], th_size: tuple[int, int], th_enco
 
 def _publisher(rate: float, duration: float, rgb_size: tuple[int, int], th_size: tuple[int, int], th_encoding: str,
                th_delay_ms: float, start: mp.Event, done: mp.Value) -> None:
-    import array
-
     import rclpy
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
 
-    frames = _frames(16, rgb_size, th_size, th_encoding)
+    from mafs_ros.conversions import numpy_to_image
+
+    # messages built once: the publisher stands in for camera drivers (C++ on a robot) and shares the cores
+    # with the node, so per-frame Python copies of 6 MB frames here would be charged to the node's latency
+    msgs = [tuple(numpy_to_image(a, e, Header(frame_id="camera")) for a, e in ((th, th_encoding), (rgb, "bgr8")))
+            for th, rgb in _frames(16, rgb_size, th_size, th_encoding)]
     rclpy.init()
     node = rclpy.create_node("bench_publisher", namespace=NS)
     pubs = (node.create_publisher(Image, "thermal/image", qos_profile_sensor_data),
@@ -101,13 +106,9 @@ def _publisher(rate: float, duration: float, rgb_size: tuple[int, int], th_size:
     start.wait()
     t0, k = time.monotonic(), 0
     while time.monotonic() - t0 < duration:
-        th, rgb = frames[k % len(frames)]
         stamp = time.time_ns()
-        for pub, arr, enc, late in ((pubs[0], th, th_encoding, th_delay_ms), (pubs[1], rgb, "bgr8", 0.0)):
-            msg = Image(height=arr.shape[0], width=arr.shape[1], encoding=enc, step=arr.strides[0],
-                        data=array.array("B", arr.tobytes()))
+        for pub, msg, late in zip(pubs, msgs[k % len(msgs)], (th_delay_ms, 0.0)):
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp + round(late * 1e6), 1_000_000_000)
-            msg.header.frame_id = "camera"
             pub.publish(msg)
         k += 1
         time.sleep(max(0.0, t0 + k / rate - time.monotonic()))
@@ -152,6 +153,7 @@ def main() -> int:
 
     node_args = ["--local", "--ros-args", "-r", f"__ns:={NS}", "-p", f"model.device:={args.device}",
                  "-p", "model.warmup_iterations:=3", "-p", f"model.input_size:={args.input_size}",
+                 "-p", f"model.warmup_size:={args.rgb_size[1]}x{args.rgb_size[0]}",  # as docs/cameras.md advises
                  "-p", "diagnostics.period:=1.0", "--log-level", "warn"]
     if args.checkpoint:
         node_args += ["-p", f"model.checkpoint:={Path(args.checkpoint).resolve()}"]
@@ -227,7 +229,10 @@ def main() -> int:
         "answered": lat.size / sent if sent else None,
         "latency_ms": {"p50": float(np.median(lat)), "p99": float(np.percentile(lat, 99)), "max": float(lat.max())}
         if lat.size else None,
+        "latency_ms_each": [round(float(x), 1) for x in lat],  # in arrival order: where the slow ones fall
         "engine_total_ms": {"p50": engine_p50, "p99": float(d.get("engine.total_ms.p99", "nan"))},
+        "engine_stage_ms_p50": {k.removeprefix("engine.").removesuffix("_ms.p50"): float(v) for k, v in d.items()
+                                if k.startswith("engine.") and k.endswith("_ms.p50")},
         "node_overhead_ms": {"p50": float(d.get("overhead_ms.p50", "nan")),
                              "p99": float(d.get("overhead_ms.p99", "nan")),
                              "note": "node-measured per frame: publish time - stamp - engine total"},
@@ -257,6 +262,7 @@ def main() -> int:
             ("receiver-side overhead p50 (ms)", f"{result['receiver_overhead_ms_p50'] or float('nan'):.2f}"),
             ("node CPU %", f"{cpu:.0f}")]
     rows += [(f"  stage {k} p50 (ms)", f"{v:.2f}") for k, v in result["node_stage_ms_p50"].items()]
+    rows += [(f"  engine {k} p50 (ms)", f"{v:.2f}") for k, v in result["engine_stage_ms_p50"].items()]
     for k, v in rows:
         print(f"{k:34s} {v}")
     print(f"wrote {out}")

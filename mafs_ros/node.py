@@ -20,10 +20,13 @@ Jazzy and Kilted.
 from __future__ import annotations
 
 import json
+import queue
 import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
 from typing import Any
 
 import numpy as np
@@ -67,6 +70,7 @@ INFO_OUTPUTS = ("fused/camera_info", "segmentation/camera_info")
 CLASS_INFO_TOPIC = "segmentation/class_info"
 OBJECTS_TOPIC = "segmentation/objects"  # vision_msgs/Detection2DArray, or JSON in std_msgs/String without it
 DEFAULT_WARMUP_SIZE = (480, 640)  # (h, w) until the camera's size is known
+ENGINE_TIMEOUT_S = 30.0  # the longest the executor waits for the engine thread to stop or release
 
 
 def camera_info_topic(image_topic: str) -> str:
@@ -132,6 +136,41 @@ class Mailbox:
             self._cv.notify_all()
 
 
+class EngineThread:
+    """The one thread that touches the engine: loading, warm-up, every frame, release.
+
+    PyTorch's CPU kernels run on an OpenMP team that belongs to the calling thread. A model loaded on the
+    executor's thread and run on a worker gives the process two teams on the same cores: on the 2-core CPU
+    the network then ran ~25 % slower (1080p camera: 137 ms against 108 ms, docs/benchmarks.md). A daemon
+    thread, so that a frame stuck in the engine cannot keep the process alive.
+    """
+
+    def __init__(self, name: str = "mafs_engine") -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name=name, daemon=True).start()
+
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def call(self, fn: Callable, *args: Any, timeout: float | None = None) -> Any:
+        """Run ``fn(*args)`` on the engine thread and return its result (or raise its exception)."""
+        return self.submit(fn, *args).result(timeout)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # handed to the caller, whatever it is
+                    future.set_exception(exc)
+
+
 class MafsNode(LifecycleNode):
     """The fusion + segmentation node. ``engine_factory`` lets embedders and tests supply the engine."""
 
@@ -152,7 +191,8 @@ class MafsNode(LifecycleNode):
         self.sync: PairSync | None = None
         self.stats = diagnostics.PipelineStats()
         self._mailbox: Mailbox | None = None
-        self._worker: threading.Thread | None = None
+        self._engine_thread = EngineThread()
+        self._worker: Future | None = None  # the frame loop, a long job on the engine thread
         self._pubs: dict[str, Any] = {}
         self._info_pubs: list[Any] = []
         self._class_info_pub: Any = None
@@ -196,7 +236,7 @@ class MafsNode(LifecycleNode):
         self.configure_errors = [*self._param_errors.values(), *params.validate(p)]
         if not self.configure_errors:
             try:
-                self.engine = self.engine_factory(p)
+                self.engine = self._engine_thread.call(self.engine_factory, p)
             except Exception as exc:  # a missing/corrupt checkpoint must leave the node up, unconfigured
                 self.configure_errors.append(f"cannot load the model ({type(exc).__name__}): {exc}")
         if self.configure_errors:
@@ -224,13 +264,10 @@ class MafsNode(LifecycleNode):
             self.last_error = f"activate failed ({type(exc).__name__}): {exc}"
             self.get_logger().error(self.last_error)
             self._stop_pipeline()
-            if self.engine is not None and hasattr(self.engine, "release"):
-                try:
-                    self.engine.release()  # give back what the failed warm-up allocated
-                except Exception as rel_exc:  # the device may be in a bad state: say so, stay up
-                    self.get_logger().error(f"releasing the engine failed too ({type(rel_exc).__name__}): "
-                                            f"{rel_exc}")
-            self.engine = None
+            try:
+                self._release_engine()  # give back what the failed warm-up allocated
+            except Exception as rel_exc:  # the device may be in a bad state: say so, stay up
+                self.get_logger().error(f"releasing the engine failed too ({type(rel_exc).__name__}): {rel_exc}")
             return FAILURE
 
     def _activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -238,18 +275,17 @@ class MafsNode(LifecycleNode):
         assert p is not None
         if self.engine is None:  # released by deactivate
             try:
-                self.engine = self.engine_factory(p)
+                self.engine = self._engine_thread.call(self.engine_factory, p)
             except Exception as exc:
                 self.last_error = f"cannot reload the model ({type(exc).__name__}): {exc}"
                 self.get_logger().error(self.last_error)
                 return FAILURE
-        self._warmup(p.model_warmup_iterations)
+        self._engine_thread.call(self._warmup, p.model_warmup_iterations)
         ret = super().on_activate(state)  # enables the lifecycle publishers
         self._publish_class_info()
         self._make_sync()
         self._mailbox = Mailbox()
-        self._worker = threading.Thread(target=self._work, args=(self._mailbox,), name="mafs_worker", daemon=True)
-        self._worker.start()
+        self._worker = self._engine_thread.submit(self._work, self._mailbox)
         in_qos = qos.input_qos(p.qos_input_reliability, p.qos_input_depth)
         self._subs = [
             self.create_subscription(Image, THERMAL_TOPIC, self._on_thermal, in_qos,
@@ -278,9 +314,7 @@ class MafsNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_pipeline()
-        if self.engine is not None and hasattr(self.engine, "release"):
-            self.engine.release()  # give the GPU memory back while inactive
-        self.engine = None
+        self._release_engine()  # give the GPU memory back while inactive
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -300,10 +334,13 @@ class MafsNode(LifecycleNode):
     def stop(self) -> None:
         """Stop everything from any state (shutdown, error, Ctrl-C)."""
         self._stop_pipeline()
-        if self.engine is not None and hasattr(self.engine, "release"):
-            self.engine.release()
-        self.engine = None
+        self._release_engine()
         self._destroy_outputs()
+
+    def _release_engine(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None and hasattr(engine, "release"):
+            self._engine_thread.call(engine.release, timeout=ENGINE_TIMEOUT_S)
 
     def _stop_pipeline(self) -> None:
         if self._jump_handle is not None:
@@ -315,7 +352,7 @@ class MafsNode(LifecycleNode):
         if self._mailbox is not None:
             self._mailbox.close()
         if self._worker is not None:
-            self._worker.join(30)
+            wait_futures([self._worker], ENGINE_TIMEOUT_S)
         self._mailbox, self._worker, self.sync = None, None, None
 
     def _destroy_outputs(self) -> None:
@@ -331,13 +368,18 @@ class MafsNode(LifecycleNode):
         self._diag_timer = self.create_timer(period, self._report, clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def destroy_node(self) -> None:
+        self._engine_thread.close()
         self._diag_timer = self._diag_pub = None  # rclpy destroys them with the node
         super().destroy_node()
 
     def warmup_size(self) -> tuple[int, int]:
-        """(h, w) to warm up at: the camera's once a frame was seen, else 640x480. The engine then runs the
-        network at its working resolution for that size, and the post-processing at the camera's."""
-        return self._camera_size or DEFAULT_WARMUP_SIZE
+        """(h, w) to warm up at: the camera's once a frame was seen, else model.warmup_size, else 640x480. The
+        engine then runs the network at its working resolution for that size, and the post-processing at the
+        camera's."""
+        if self._camera_size is not None:
+            return self._camera_size
+        given = params.parse_input_size(self.p.model_warmup_size) if self.p is not None else None
+        return given if isinstance(given, tuple) else DEFAULT_WARMUP_SIZE
 
     def _warmup(self, iterations: int) -> None:
         """Dummy inferences so the first real frame does not pay for allocation / autotuning / graph capture."""

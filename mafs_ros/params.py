@@ -59,6 +59,9 @@ SPECS: tuple[Spec, ...] = (
          "with a throttled warning and a counter (8.3 MP: 3840x2160 passes); 0 = no limit", range=(0, 1_000_000_000)),
     Spec("model.warmup_iterations", 2, "dummy inferences at activation, at the working resolution of the camera "
          "size last seen (640x480 at first): keeps first-call latency off the live path", range=(0, 100)),
+    Spec("model.warmup_size", "", "the RGB camera's size (WxH, e.g. 1920x1080) for that warm-up before any frame "
+         "has been seen; empty: 640x480. Set it to the camera's size so that the first frames at 1080p do not pay "
+         "for the new shapes on the live path"),
     Spec("thermal.normalization", "checkpoint", "thermal to [0,1]: checkpoint (what the model was trained with), "
          "minmax (per frame), percentile (robust, smoothed) or fixed (a radiometric range); the thermal.* "
          "values below apply unless this is checkpoint", choices=("checkpoint", "minmax", "percentile", "fixed")),
@@ -111,6 +114,7 @@ class NodeParams:
     model_input_size: str | int  # dynamically typed: see parse_input_size
     model_max_input_pixels: int
     model_warmup_iterations: int
+    model_warmup_size: str
     thermal_normalization: str
     thermal_low_percentile: float
     thermal_high_percentile: float
@@ -208,6 +212,8 @@ def check_value(name: str, value: Any) -> str | None:
             return f"parameter '{name}' rejected: needs 9 finite numbers (row-major 3x3), got {list(value)}"
     if name == "model.input_size" and parse_input_size(value) == "invalid":
         return f"parameter '{name}' = {value!r} rejected: must be auto, 0 or WxH (e.g. 640x480)"
+    if name == "model.warmup_size" and value and not isinstance(parse_input_size(value), tuple):
+        return f"parameter '{name}' = {value!r} rejected: must be empty or WxH (e.g. 1920x1080)"
     if name == "model.device" and not (value in ("auto", "cpu", "cuda") or value.startswith("cuda:")):
         return f"parameter '{name}' = {value!r} rejected: must be auto, cpu, cuda or cuda:N"
     return None

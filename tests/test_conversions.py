@@ -89,12 +89,14 @@ def test_malformed_messages_raise_image_error(mutate, match: str) -> None:
         conv.check_image(msg, conv.RGB_ENCODINGS)
 
 
-@pytest.mark.parametrize(("encoding", "shape"), [("bgr8", (H, W, 3)), ("rgb8", (H, W, 3)), ("mono8", (H, W))])
-def test_encode_round_trip_keeps_header(encoding: str, shape: tuple) -> None:
-    arr = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+@pytest.mark.parametrize(("encoding", "shape", "dtype"), [("bgr8", (H, W, 3), np.uint8), ("rgb8", (H, W, 3), np.uint8),
+                                                    ("mono8", (H, W), np.uint8), ("mono16", (H, W), np.uint16)])
+def test_encode_round_trip_keeps_header(encoding: str, shape: tuple, dtype: type) -> None:
+    arr = np.random.default_rng(1).integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
     header = Header(frame_id="cam")
     header.stamp.sec, header.stamp.nanosec = 12, 345
     msg = conv.numpy_to_image(arr[:, ::-1], encoding, header)  # non-contiguous input is fine
-    assert msg.header is header and (msg.height, msg.width, msg.step) == (H, W, W * (3 if len(shape) == 3 else 1))
-    conv.check_image(msg, conv.RGB_ENCODINGS)
+    row = W * (3 if len(shape) == 3 else 1) * np.dtype(dtype).itemsize
+    assert msg.header is header and (msg.height, msg.width, msg.step) == (H, W, row)
+    conv.check_image(msg, conv.THERMAL_ENCODINGS if encoding == "mono16" else conv.RGB_ENCODINGS)
     np.testing.assert_array_equal(conv.image_to_numpy(msg, "numpy"), arr[:, ::-1])

@@ -410,7 +410,8 @@ def test_bad_parameters_fail_configure_naming_them(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
         "sync": {"slop": -1.0, "backend": "bogus", "queue_size": "ten"},
         "thermal": {"low_percentile": 90.0, "high_percentile": 10.0},
-        "model": {"checkpoint": str(tmp_path / "missing.safetensors"), "input_size": "big", "input_width": 320}}}}))
+        "model": {"checkpoint": str(tmp_path / "missing.safetensors"), "input_size": "big", "input_width": 320,
+                  "warmup_size": "1080p"}}}}))
     node = MafsNode(namespace="/t_badp", engine_factory=tiny_engine, cli_args=["--ros-args", "--params-file", str(f)])
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
@@ -418,7 +419,8 @@ def test_bad_parameters_fail_configure_naming_them(tmp_path: Path) -> None:
         text = "\n".join(node.configure_errors)
         for name in ("'sync.slop' = -1.0", "'sync.backend' = 'bogus'", "'sync.queue_size' = 'ten'",
                      "'thermal.low_percentile'", "'model.checkpoint'", "missing.safetensors",
-                     "'model.input_size' = 'big'", "'model.input_width' was replaced by 'model.input_size"):
+                     "'model.input_size' = 'big'", "'model.input_width' was replaced by 'model.input_size",
+                     "'model.warmup_size' = '1080p'"):
             assert name in text, (name, text)
         # runtime: range (rclpy, from the descriptor) and choices (our callback) are enforced
         assert not node.set_parameters([Parameter("sync.queue_size", value=0)])[0].successful
@@ -469,6 +471,7 @@ class RecordingEngine:
     """The tiny real engine, recording warm-up sizes and resets (and failing its warm-up when asked)."""
 
     def __init__(self, fail_warmup: str = ""):
+        self.threads = {("load", threading.get_ident())}  # (call, thread) pairs: the factory runs __init__
         self.inner = tiny_engine()
         self.fail_warmup = fail_warmup
         self.warmups: list[tuple[int, int]] = []
@@ -478,14 +481,49 @@ class RecordingEngine:
         return getattr(self.inner, name)
 
     def warmup(self, size, iters):
+        self.threads.add(("warmup", threading.get_ident()))
         if self.fail_warmup:
             raise RuntimeError(self.fail_warmup)
         self.warmups.append(tuple(size))
         self.inner.warmup(size, iters)
 
+    def run(self, *args, **kwargs):
+        self.threads.add(("run", threading.get_ident()))
+        return self.inner.run(*args, **kwargs)
+
+    def release(self) -> None:
+        self.threads.add(("release", threading.get_ident()))
+        self.inner.release()
+
     def reset(self) -> None:
         self.resets += 1
         self.inner.reset()
+
+
+def test_the_engine_is_loaded_warmed_up_run_and_released_on_one_thread() -> None:
+    """PyTorch's CPU kernels run on an OpenMP team per calling thread: a model loaded on the executor's thread
+    and run on another gave the process two teams on the same cores (~25 % slower on a 2-core CPU)."""
+    engines: list[RecordingEngine] = []
+
+    def factory(_p):
+        engines.append(RecordingEngine())
+        return engines[-1]
+
+    with harness("/t_thread", overrides={"model.warmup_iterations": 1}, engine_factory=factory) as h:
+        h.wait_connected()
+        h.send_pair(0)
+        wait_for(lambda: h.got["fused/image"], 30, "first output")
+        assert h.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS  # releases, then reloads below
+        assert h.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        h.wait_connected()
+        h.send_pair(1)
+        wait_for(lambda: len(h.got["fused/image"]) == 2, 30, "output after re-activation")
+        executor_thread = h.thread.ident
+    calls = engines[0].threads | engines[1].threads
+    assert {c for c, _ in engines[0].threads} == {"load", "warmup", "run", "release"}
+    threads = {t for _, t in calls}
+    assert len(threads) == 1, calls
+    assert threads.isdisjoint({threading.main_thread().ident, executor_thread})
 
 
 @pytest.mark.timeout(90)
@@ -593,6 +631,15 @@ def test_warm_up_follows_the_camera_size_once_known() -> None:
         wait_for(lambda: len(h.got["fused/image"]) == 2, 30, "second output")
         d = h.last_diag()
         assert d["warmup_misses"] == "1" and "latency_ms.p50" in d
+    # a camera size given up front: warmed up at it before any frame, so the first frame is no miss
+    with harness("/t_warm2", overrides={"model.warmup_iterations": 1, "model.warmup_size": f"{W}x{H}"},
+                 engine_factory=factory) as h:
+        assert engines[-1].warmups == [(H, W)]
+        h.wait_connected()
+        h.send_pair(0)
+        wait_for(lambda: h.got["fused/image"], 30, "first output")
+        d = h.last_diag()
+        assert (d["warmup_size"], d["warmup_misses"]) == (f"{W}x{H}", "0") and "latency_ms.p50" in d
 
 
 @pytest.mark.timeout(90)
