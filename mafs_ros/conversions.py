@@ -96,8 +96,9 @@ def numpy_to_image(arr: np.ndarray, encoding: str, header: Header) -> Image:
     """Wrap a C-contiguous array as an Image with ``header`` (shared, not copied: it is never mutated)."""
     arr = np.ascontiguousarray(arr)
     data = array.array("B")
-    data.frombytes(arr.view(np.uint8).data)  # one memcpy (as bytes: frombytes refuses a uint16 buffer); assigning
-    # bytes would make rclpy type-check every byte
+    # one memcpy, through a uint8 view (frombytes refuses a uint16 buffer); assigning bytes would make rclpy
+    # type-check every byte
+    data.frombytes(arr.view(np.uint8).data)
     height, width = arr.shape[:2]
     return Image(header=header, height=height, width=width, encoding=encoding, is_bigendian=sys.byteorder == "big",
                  step=arr.strides[0], data=data)

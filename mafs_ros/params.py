@@ -58,7 +58,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("model.max_input_pixels", 8_300_000, "frames with more pixels than this are refused before any work, "
          "with a throttled warning and a counter (8.3 MP: 3840x2160 passes); 0 = no limit", range=(0, 1_000_000_000)),
     Spec("model.warmup_iterations", 2, "dummy inferences at activation, at the working resolution of the camera "
-         "size last seen (640x480 at first): keeps first-call latency off the live path", range=(0, 100)),
+         "size last seen (model.warmup_size at first): keeps first-call latency off the live path", range=(0, 100)),
     Spec("model.warmup_size", "", "the RGB camera's size (WxH, e.g. 1920x1080) for that warm-up before any frame "
          "has been seen; empty: 640x480. Set it to the camera's size so that the first frames at 1080p do not pay "
          "for the new shapes on the live path"),
