@@ -748,10 +748,11 @@ class Trainer:
             tasks = torch.stack([lc.fusion_weight * l_f, lc.seg_weight * l_s])
             parts = {**parts, "fusion": float(l_f.detach()), "ce": float(l_ce.detach()),
                      "aux": float(l_aux.detach()), "kd": float(l_kd.detach()), **box_parts, "seg": float(l_s.detach())}
-            images = {"ir": ir, "vis": vis, "vis_y": vis_y, "fused": out["fused"], "fused_y": out["fused_y"],
-                      "pred": out["logits"].argmax(1, keepdim=True)}
-            if t_logits is not None:
-                images["teacher_pred"] = t_logits.argmax(1, keepdim=True)
+            images = {"ir": ir, "vis": vis, "vis_y": vis_y, "fused": out["fused"], "fused_y": out["fused_y"]}
+            if not train:  # validation scores the class ids; a training step would only throw them away
+                images["pred"] = out["logits"].argmax(1, keepdim=True)
+                if t_logits is not None:
+                    images["teacher_pred"] = t_logits.argmax(1, keepdim=True)
         return StepOut((w * tasks).sum(), tasks.detach(), parts, images)
 
     def _past(self, deadline: float) -> bool:
