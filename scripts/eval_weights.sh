@@ -26,9 +26,9 @@ link() {  # FOLDER NAME...: the MSRS pairs NAME with their labels, as symlinks u
     for d in ir vi label; do ln -s "$(realpath "$DATA/msrs/$d/$n.png")" "$dir/$d/"; done
   done
 }
-mapfile -t VAL_NAMES < <(grep -v '^#' data/splits/msrs_val.txt)
-mapfile -t TRAIN_NAMES < <(find "$DATA/msrs/label" -name '*.png' -printf '%f\n' | sed 's/\.png$//' | sort |
-                           grep -vxF -f <(printf '%s\n' "${VAL_NAMES[@]}") | awk 'NR % 4 == 1')
+SPLIT=data/splits/msrs_val.txt
+mapfile -t VAL_NAMES < <(grep -v '^#' "$SPLIT")
+mapfile -t TRAIN_NAMES < <(ls "$DATA/msrs/label" | sed 's/\.png$//' | grep -vxF -f "$SPLIT" | awk 'NR % 4 == 1')
 link val "${VAL_NAMES[@]}"
 link train "${TRAIN_NAMES[@]}"
 TEACHER=$DATA/teachers/mfnet/mfnet_final.pth
