@@ -355,6 +355,14 @@ def build_datasets(cfg: TrainConfig) -> tuple[PairDataset, PairDataset | None]:
     return train_ds, val_ds
 
 
+def step_time_summary(step_times: list[float]) -> dict:
+    """Median and p99 seconds per step of this process's run (a resumed run counts from its restart)."""
+    if not step_times:
+        return {"steps": 0}
+    med, p99 = (float(v) for v in np.percentile(step_times, [50, 99]))
+    return {"steps": len(step_times), "median": med, "p99": p99, "steps_per_s": 1.0 / med}
+
+
 def calibration_frames(cfg: TrainConfig, records: list[Record] | None = None) -> PairDataset:
     """Un-augmented training frames at validation size: what precise BN and the class-bias calibration see."""
     d = cfg.data
@@ -913,6 +921,8 @@ class Trainer:
         last_val: dict = {}
         t0 = time.time()
         out_of_time = False
+        step_times: list[float] = []
+        tick = time.perf_counter()  # a step's time includes waiting for its batch, not validation or checkpoints
         while self.step < t.steps and not out_of_time:
             epoch, start = divmod(self.step, spe)
             self.sampler.set_position(epoch, start)
@@ -925,6 +935,8 @@ class Trainer:
                     break
                 r = self.train_step(batch)
                 images = r.pop("_images")
+                r["step_s"] = time.perf_counter() - tick
+                step_times.append(r["step_s"])
                 self.step += 1
                 rec = {"step": self.step - 1, **{k: v for k, v in r.items()}}
                 if log is not None:
@@ -950,6 +962,7 @@ class Trainer:
                     last_val = self._validate_and_keep_best()
                 if t.ckpt_every and self.step % t.ckpt_every == 0:
                     self.save_state()
+                tick = time.perf_counter()
                 if t.debug_step_delay:
                     time.sleep(t.debug_step_delay)
                 if t.time_limit > 0 and self._past(t0 + t.time_limit):
@@ -959,6 +972,10 @@ class Trainer:
                     break
         if bar is not None:
             bar.close()
+        speed = step_time_summary(step_times)
+        if self.main and step_times:
+            print(f"[mafs train] {speed['steps']} steps: median {speed['median']:.3f} s/step "
+                  f"({speed['steps_per_s']:.2f} steps/s), p99 {speed['p99']:.3f} s")
         calib = calibration_frames(cfg, self.train_ds.records)
         if self.main and t.precise_bn_images > 0:
             n = precise_bn(self._eval_model(), calib, t.precise_bn_images, self.device, mode=t.stage,
@@ -976,7 +993,7 @@ class Trainer:
         last_val = self._validate_and_keep_best() or last_val
         self.save_state()
         summary = {"steps": self.step, "seconds": time.time() - t0, "val": last_val, "rank": self.rank,
-                   "world_size": self.world,
+                   "world_size": self.world, "step_s": speed,
                    "param_checksum": float(sum(p.detach().double().sum() for p in self.model.parameters()))}
         if self.main:
             self.export(self.out / "final.safetensors", {"val": last_val})

@@ -79,3 +79,38 @@ def test_coordinate_ascent_matches_brute_force_argmax() -> None:
                     best, bias = score, trial
     fit = fit_class_bias(logits, labels, grid=grid)
     assert fit.bias == [round(float(b), 4) for b in bias] and abs(fit.miou_after - best) < 1e-12
+
+
+def test_weight_average_removes_each_ones_offsets_first(tmp_path) -> None:
+    """scripts/recalibrate.py --average: offsets folded at export come out before the mean, BN counters stay."""
+    import importlib.util
+    from pathlib import Path
+
+    from mafs_core.checkpoint import save_checkpoint
+
+    spec = importlib.util.spec_from_file_location(
+        "recalibrate", Path(__file__).resolve().parents[1] / "scripts" / "recalibrate.py")
+    recal = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recal)
+    nets, heads = [], []
+    for seed, bias in ((0, [0.0, -1.0, -2.0] + [0.5] * 6), (1, [0.0] + [-0.25] * 8)):
+        torch.manual_seed(seed)
+        net = build_model("mafs_t", num_classes=9).eval()
+        heads.append(net.seg.head.bias.detach().clone())  # before calibration
+        apply_class_bias(net, bias)
+        path = tmp_path / f"{seed}.safetensors"
+        save_checkpoint(path, net, {"training": {"class_bias": {"bias": bias}}})
+        back, _ = recal.without_class_bias(str(path))
+        assert torch.allclose(back.seg.head.bias, heads[-1], atol=1e-6)
+        nets.append(back)
+    a, b = nets
+    w_b = b.seg.head.weight.detach().clone()
+    a.enc_ir.sfe.full.bn.num_batches_tracked.fill_(7)
+    b.enc_ir.sfe.full.bn.num_batches_tracked.fill_(100)
+    counters = {k: v.clone() for k, v in a.state_dict().items() if not v.is_floating_point()}
+    w_a = a.seg.head.weight.detach().clone()
+    recal.average_into(a, [b])
+    assert torch.allclose(a.seg.head.weight, (w_a + w_b) / 2, atol=1e-7)
+    assert torch.allclose(a.seg.head.bias, (heads[0] + heads[1]) / 2, atol=1e-6)
+    assert counters and all(torch.equal(a.state_dict()[k], v) for k, v in counters.items())
+    assert a.enc_ir.sfe.full.bn.num_batches_tracked.item() == 7

@@ -126,6 +126,12 @@ def test_time_limit_stops_early_and_still_exports(tmp_path: Path, pairs: Path) -
     summary = train(cfg, command="pytest")
     steps = len(_losses(tmp_path / "run_mae"))
     assert 2 <= summary["steps"] == steps < 20
+    # every step's wall time is logged; the 0.5 s delay after a step is counted in the next one
+    rows = [json.loads(r) for r in (tmp_path / "run_mae" / LOSS_LOG).read_text().splitlines()]
+    assert all(r["step_s"] > 0 for r in rows) and all(r["step_s"] >= 0.5 for r in rows[1:])
+    speed = summary["step_s"]
+    assert speed["steps"] == steps and 0.5 <= speed["median"] <= speed["p99"]
+    assert speed["steps_per_s"] == pytest.approx(1 / speed["median"])
     assert load_checkpoint(tmp_path / "run_mae" / "final.safetensors")[1]["training"]["steps"] == steps
 
 
