@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         meta.setdefault("training", {}).pop("class_bias", None)
         meta["training"]["averaged"] = {"from": [args.src, *args.average], "command": command}
         print(f"averaged {1 + len(others)} checkpoints")
+        if args.bn_images <= 0:
+            print("warning: --average without --bn-images keeps the mean of the BatchNorm statistics, which do not "
+                  "describe the averaged weights", file=sys.stderr)
     else:
         model, meta = load_checkpoint(args.src)
     training = meta.setdefault("training", {})
