@@ -58,22 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     data = calibration_frames(cfg)
+    model, meta = without_class_bias(args.src) if args.average else load_checkpoint(args.src)
+    training = meta.setdefault("training", {})
     command = " ".join(sys.argv)
     if args.average:
-        model, meta = without_class_bias(args.src)
         others = [without_class_bias(p) for p in args.average]
         if any(m["variant"] != meta["variant"] for _, m in others):
             ap.error(f"--average needs checkpoints of one variant ({meta['variant']})")
         average_into(model, [o for o, _ in others])
-        meta.setdefault("training", {}).pop("class_bias", None)
-        meta["training"]["averaged"] = {"from": [args.src, *args.average], "command": command}
+        training.pop("class_bias", None)  # removed from the weights above; refitted below when asked
+        training["averaged"] = {"from": [args.src, *args.average], "command": command}
         print(f"averaged {1 + len(others)} checkpoints")
         if args.bn_images <= 0:
             print("warning: --average without --bn-images keeps the mean of the BatchNorm statistics, which do not "
                   "describe the averaged weights", file=sys.stderr)
-    else:
-        model, meta = load_checkpoint(args.src)
-    training = meta.setdefault("training", {})
     if args.bn_images > 0:
         used = precise_bn(model, data, args.bn_images, torch.device("cpu"), modules=args.bn_modules)
         training["precise_bn"] = {"images": used, "modules": args.bn_modules or "all", "from": args.src,
