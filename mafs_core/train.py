@@ -22,7 +22,7 @@ import random
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,9 @@ class RunConfig:
     stage: str = "mae"  # mae | joint
     steps: int = 1000
     time_limit: float = 0.0  # seconds; stop early (then precise BN, validate, export as usual) once exceeded; 0 = off
+    # With time_limit: the LR schedule advances by whichever is further, steps or time, so a run that the clock
+    # stops has still annealed to the floor (a run cut mid-schedule keeps a high LR and averages badly).
+    anneal_by_time: bool = False
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16
@@ -264,6 +267,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         raise ValueError(f"optim.schedule must be cosine, poly or constant, got {cfg.optim.schedule!r}")
     if not cfg.data.sources:
         raise ValueError("data.sources is empty: give at least one {root: ..., kind: auto}")
+    if cfg.train.anneal_by_time and cfg.train.time_limit <= 0:
+        raise ValueError("train.anneal_by_time needs train.time_limit > 0 (the time the schedule is spread over)")
     if cfg.train.select not in ("loss", "miou"):
         raise ValueError(f"train.select must be 'loss' or 'miou', got {cfg.train.select!r}")
     return cfg
@@ -450,13 +455,14 @@ def _freeze_outside(model: nn.Module, trainable: Sequence[str]) -> list[nn.Modul
     return [m for n, m in modules.items() if not _under(n, trainable) and next(m.children(), None) is None]
 
 
-def _lr_lambda(cfg: OptimConfig, total: int):
+def _lr_lambda(cfg: OptimConfig, total: int, clock: Callable[[], float] = lambda: 0.0):
+    """LR factor at a step; `clock()` is the schedule's progress by time (0..1), used when it is ahead of steps."""
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         if cfg.schedule == "constant":
             return 1.0
-        t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        t = min(1.0, max((step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps), clock()))
         shape = 0.5 * (1 + math.cos(math.pi * t)) if cfg.schedule == "cosine" else (1 - t) ** cfg.poly_power
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
     return f
@@ -602,7 +608,10 @@ class Trainer:
         o = cfg.optim
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(o, t.steps))
+        self.time_progress = 0.0  # the schedule's progress by the clock (train.anneal_by_time; else stays 0)
+        self._time_progress0 = 0.0  # what earlier invocations of a resumed run used of it
+        self.fit_t0 = time.time()  # reset when fit() starts; train.time_limit counts from it
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(o, t.steps, lambda: self.time_progress))
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         b = cfg.balance
@@ -652,6 +661,7 @@ class Trainer:
                 "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "weighter": self.weighter.state_dict(), "step": self.step, "best": self.best,
+                "time_progress": self.time_progress,
                 "rng": _rng_state(self.device), "world_size": self.world,
                 "config": dataclasses.asdict(self.cfg)}
 
@@ -677,6 +687,7 @@ class Trainer:
             self.ema.load_state_dict(st["ema"])
         self.weighter.load_state_dict(st["weighter"])
         self.step, self.best = st["step"], st["best"]
+        self.time_progress = self._time_progress0 = float(st.get("time_progress", 0.0))
         _set_rng_state(st["rng"], self.device)
         if self.rank > 0:
             # only rank 0's RNG streams are stored; the loop draws its randomness from per-step generators
@@ -771,6 +782,17 @@ class Trainer:
         dist.broadcast(flag, 0)
         return bool(flag.item())
 
+    def _clock_progress(self) -> float:
+        """Schedule progress by time: what earlier invocations used, plus this one's share of the rest. Rank 0's
+        clock decides under DDP, or the ranks' learning rates (and so their weights) would drift apart."""
+        frac = min(1.0, (time.time() - self.fit_t0) / self.cfg.train.time_limit)
+        p = self._time_progress0 + (1.0 - self._time_progress0) * frac
+        if self.ddp:
+            shared = torch.tensor([p], dtype=torch.float64, device=self.device)
+            dist.broadcast(shared, 0)
+            p = float(shared.item())
+        return p
+
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
@@ -802,6 +824,8 @@ class Trainer:
         lr = self.sched.get_last_lr()[0]  # the rate this step used
         self.scaler.step(self.opt)
         self.scaler.update()
+        if self.cfg.train.anneal_by_time:  # the next step's rate, by the time it starts
+            self.time_progress = self._clock_progress()
         self.sched.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
@@ -919,7 +943,7 @@ class Trainer:
 
             bar = tqdm(total=t.steps, initial=self.step, desc=f"mafs {t.stage}", dynamic_ncols=True)
         last_val: dict = {}
-        t0 = time.time()
+        t0 = self.fit_t0 = time.time()
         out_of_time = False
         step_times: list[float] = []
         tick = time.perf_counter()  # a step's time includes waiting for its batch, not validation or checkpoints
@@ -968,7 +992,8 @@ class Trainer:
                 if t.time_limit > 0 and self._past(t0 + t.time_limit):
                     out_of_time = True
                     if self.main:
-                        print(f"[mafs train] time limit {t.time_limit:g} s reached at step {self.step}")
+                        print(f"[mafs train] time limit {t.time_limit:g} s reached at step {self.step}"
+                              + (f", LR annealed to {self.sched.get_last_lr()[0]:.2e}" if t.anneal_by_time else ""))
                     break
         if bar is not None:
             bar.close()

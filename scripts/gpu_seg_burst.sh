@@ -19,10 +19,10 @@ OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 
 COMMON=(data.root=.gpu/data teacher.path=.gpu/data/teachers/mfnet/mfnet_final.pth train.precision=bf16
         data.batch_size=16 data.num_workers=6 data.repeat=8 train.progress=false train.image_every=100000
-        train.ckpt_every=100000 train.threads=0)
+        train.ckpt_every=100000 train.threads=0 train.anneal_by_time=true)
 [ "$DEVICE" = cuda ] || COMMON+=("train.device=$DEVICE")
 read -r -a EXTRA_ARR <<< "${EXTRA:-}"
-run() {  # NAME CONFIG SECONDS STEPS [key=value ...]: train.steps sets the LR schedule, the time limit stops it
+run() {  # NAME CONFIG SECONDS STEPS [key=value ...]: the schedule ends at STEPS or SECONDS, whichever comes first
   local name=$1 config=$2 secs=$3 steps=$4; shift 4
   timeout $((secs + 240)) $PY -m mafs_core.train "$config" "${COMMON[@]}" "train.out_dir=$WORK/$name" \
     "train.time_limit=$secs" "train.steps=$steps" "$@" "${EXTRA_ARR[@]}" > "$LOGS/$name.log" 2>&1

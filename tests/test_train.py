@@ -3,6 +3,7 @@ bit-exact resume after SIGKILL, and a 2-process DDP run on gloo."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -133,6 +134,28 @@ def test_time_limit_stops_early_and_still_exports(tmp_path: Path, pairs: Path) -
     assert speed["steps"] == steps and 0.5 <= speed["median"] <= speed["p99"]
     assert speed["steps_per_s"] == pytest.approx(1 / speed["median"])
     assert load_checkpoint(tmp_path / "run_mae" / "final.safetensors")[1]["training"]["steps"] == steps
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("by_time", [False, True])
+def test_anneal_by_time_spreads_the_schedule_over_the_time_limit(tmp_path: Path, pairs: Path, by_time: bool) -> None:
+    """A 1000-step poly schedule stopped by an 8 s limit: by steps the LR is still near its peak; by time it has
+    fallen step after step and ends far below it."""
+    cfg = load_config(_config(tmp_path, pairs, "mae", steps=1000, time_limit=8.0, debug_step_delay=0.5,
+                              anneal_by_time=by_time),
+                      ["optim.schedule=poly", "optim.warmup_steps=1", "data.repeat=4", "train.precise_bn_images=0"])
+    train(cfg, command="pytest")
+    lrs = [json.loads(r)["lr"] for r in (tmp_path / "run_mae" / LOSS_LOG).read_text().splitlines()]
+    assert 4 <= len(lrs) < 30
+    if by_time:
+        assert all(b < a for a, b in itertools.pairwise(lrs[1:])) and lrs[-1] < 0.5 * 3e-3
+    else:
+        assert lrs[-1] > 0.97 * 3e-3
+
+
+def test_anneal_by_time_needs_a_time_limit(tmp_path: Path, pairs: Path) -> None:
+    with pytest.raises(ValueError, match=r"anneal_by_time needs train\.time_limit"):
+        load_config(_config(tmp_path, pairs, "mae", anneal_by_time=True))
 
 
 @pytest.mark.timeout(240)
