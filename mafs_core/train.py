@@ -456,15 +456,15 @@ def _freeze_outside(model: nn.Module, trainable: Sequence[str]) -> list[nn.Modul
 
 
 def _lr_lambda(cfg: OptimConfig, total: int, clock: Callable[[], float] = lambda: 0.0):
-    """LR factor at a step; `clock()` is the schedule's progress by time (0..1), used when it is ahead of steps."""
+    """LR factor at a step; `clock()` is the schedule's progress by time (0..1), used when it is ahead of steps.
+    The decay also caps the warm-up, so that a run whose time ends during its warm-up still ends at the floor."""
     def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
+        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
         if cfg.schedule == "constant":
-            return 1.0
-        t = min(1.0, max((step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps), clock()))
+            return warm
+        t = min(1.0, max(max(0, step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps), clock()))
         shape = 0.5 * (1 + math.cos(math.pi * t)) if cfg.schedule == "cosine" else (1 - t) ** cfg.poly_power
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+        return min(warm, cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
     return f
 
 

@@ -23,8 +23,9 @@ COMMON=(data.root=.gpu/data teacher.path=.gpu/data/teachers/mfnet/mfnet_final.pt
 [ "$DEVICE" = cuda ] || COMMON+=("train.device=$DEVICE")
 read -r -a EXTRA_ARR <<< "${EXTRA:-}"
 run() {  # NAME CONFIG SECONDS STEPS [key=value ...]: the schedule ends at STEPS or SECONDS, whichever comes first
-  local name=$1 config=$2 secs=$3 steps=$4; shift 4
-  timeout $((secs + 240)) $PY -m mafs_core.train "$config" "${COMMON[@]}" "train.out_dir=$WORK/$name" \
+  local name=$1 config=$2 secs=$3 steps=$4 after=240; shift 4
+  [ "$DEVICE" = cuda ] || after=1200  # precise BN, calibration and the split's validation take minutes on a CPU
+  timeout $((secs + after)) $PY -m mafs_core.train "$config" "${COMMON[@]}" "train.out_dir=$WORK/$name" \
     "train.time_limit=$secs" "train.steps=$steps" "$@" "${EXTRA_ARR[@]}" > "$LOGS/$name.log" 2>&1
   echo "$name exit $?"; cp "$WORK/$name/losses.jsonl" "$LOGS/$name.losses.jsonl" 2>/dev/null
 }

@@ -153,6 +153,19 @@ def test_anneal_by_time_spreads_the_schedule_over_the_time_limit(tmp_path: Path,
         assert lrs[-1] > 0.97 * 3e-3
 
 
+def test_time_progress_caps_the_warm_up() -> None:
+    """A time limit that ends inside the warm-up still ends at the floor; with the clock at 0 the schedule is the
+    step schedule (ramp, then decay)."""
+    from mafs_core.train import OptimConfig, _lr_lambda
+
+    cfg = OptimConfig(schedule="poly", warmup_steps=50, min_lr_ratio=0.01)
+    by_steps = _lr_lambda(cfg, 1000)
+    assert by_steps(9) == pytest.approx(0.2) and by_steps(50) == pytest.approx(1.0) and by_steps(999) < 0.02
+    assert _lr_lambda(cfg, 1000, lambda: 1.0)(9) == pytest.approx(0.01)
+    assert _lr_lambda(cfg, 1000, lambda: 0.5)(9) == pytest.approx(0.2)  # the ramp is still below the decay
+    assert _lr_lambda(cfg, 1000, lambda: 0.5)(100) == pytest.approx(0.01 + 0.99 * 0.5 ** 0.9)
+
+
 def test_anneal_by_time_needs_a_time_limit(tmp_path: Path, pairs: Path) -> None:
     with pytest.raises(ValueError, match=r"anneal_by_time needs train\.time_limit"):
         load_config(_config(tmp_path, pairs, "mae", anneal_by_time=True))
