@@ -774,24 +774,23 @@ class Trainer:
                     images["teacher_pred"] = t_logits.argmax(1, keepdim=True)
         return StepOut((w * tasks).sum(), tasks.detach(), parts, images)
 
-    def _past(self, deadline: float) -> bool:
-        """Whether the wall-clock deadline has passed; under DDP rank 0 decides, so all ranks stop together."""
+    def _rank0(self, value: float) -> float:
+        """Rank 0's value on every rank under DDP, so that clock-based decisions are the same on all ranks."""
         if not self.ddp:
-            return time.time() > deadline
-        flag = torch.tensor([float(time.time() > deadline)], device=self.device)
-        dist.broadcast(flag, 0)
-        return bool(flag.item())
+            return value
+        shared = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(shared, 0)
+        return float(shared.item())
+
+    def _past(self, deadline: float) -> bool:
+        """Whether the wall-clock deadline has passed; rank 0 decides, so all ranks stop together."""
+        return bool(self._rank0(float(time.time() > deadline)))
 
     def _clock_progress(self) -> float:
         """Schedule progress by time: what earlier invocations used, plus this one's share of the rest. Rank 0's
-        clock decides under DDP, or the ranks' learning rates (and so their weights) would drift apart."""
+        clock decides, or the ranks' learning rates (and so their weights) would drift apart."""
         frac = min(1.0, (time.time() - self.fit_t0) / self.cfg.train.time_limit)
-        p = self._time_progress0 + (1.0 - self._time_progress0) * frac
-        if self.ddp:
-            shared = torch.tensor([p], dtype=torch.float64, device=self.device)
-            dist.broadcast(shared, 0)
-            p = float(shared.item())
-        return p
+        return self._rank0(self._time_progress0 + (1.0 - self._time_progress0) * frac)
 
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
