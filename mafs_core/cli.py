@@ -18,6 +18,7 @@ COMMANDS: tuple[str, ...] = (
     "mafs_core.evaluate",    # mafs eval
     "mafs_core.bag",         # mafs bag make|eval|export
     "mafs_core.registration",  # mafs register
+    "mafs_core.widen",       # mafs widen
 )
 
 

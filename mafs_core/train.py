@@ -509,6 +509,8 @@ def _load_init(model: nn.Module, path: str, strict: bool = True) -> None:
         from mafs_core.checkpoint import load_checkpoint
 
         src, _ = load_checkpoint(p)
+        if strict:
+            _check_same_layout(model, src, path)
         state = src.state_dict()
     else:
         st = torch.load(p, map_location="cpu", weights_only=True)
@@ -525,6 +527,18 @@ def _load_init(model: nn.Module, path: str, strict: bool = True) -> None:
         own.update(state)
         state = own
     model.load_state_dict(state, strict=True)
+
+
+def _check_same_layout(model: nn.Module, src: nn.Module, path: str) -> None:
+    """A clear error, with the overrides that would match, where an init checkpoint's layout differs from the
+    training model's (e.g. `mafs widen` keeps mafs_t's decoder layout in mafs_s); the bare load_state_dict error
+    lists hundreds of tensors."""
+    ours, theirs = model.config.to_dict(), src.config.to_dict()
+    diff = {k: v for k, v in theirs.items() if k not in ("variant", "num_classes") and ours.get(k) != v}
+    if diff:
+        sets = " ".join(f"model.overrides.{k}={json.dumps(v)}" for k, v in diff.items())  # JSON is valid YAML
+        raise RuntimeError(f"train.init_from {path} is a {theirs['variant']} whose layout differs from the training "
+                           f"model ({', '.join(diff)}); to train it as it is, add: {sets}")
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # One prepared call on a lent GPU (H100/H200), about 9 minutes: the real-label segmentation recipe
 # (configs/*_stage2.yaml, docs/training.md) at GPU size.
-#   mafs_s  Stage I (T1 s) then Stage II (T2 s) from scratch: the GPU default weights (weights/mafs_s.safetensors)
+#   mafs_s  Stage II (T1 + T2 s) from the shipped mafs_t grown into mafs_s by `mafs widen` (same function, 5x the
+#           parameters): the GPU default weights (weights/mafs_s.safetensors). From scratch, a burst this short
+#           segmented worse than mafs_t (docs/training.md); widening starts it where mafs_t is.
 #   mafs_t  Stage II continued from the shipped weights (T2 s), sharing the GPU
 # Both on the committed validation split's complement only; each ends with precise BN of `seg` and class-bias
 # calibration on the training frames' real labels, then validates through the engine on the whole split.
 # Results under $OUT: the exported .safetensors and results.tgz (logs, losses).
 # Needs, carried beside the tree (git-ignored): .whl/ (kornia, rosbags and their wheels for the machine's
 # Python) and .gpu/data/{msrs,roadscene,msrs_misaligned,teachers} (training data; never committed).
-#   T1 / T2 = seconds of Stage I / Stage II (default 120 / 360); EXTRA="key=value ..." appended to every run
-#   (a CPU dry run: DEVICE=cpu T1=10 T2=20 EXTRA="data.batch_size=2 data.augment.crop=[96,128]").
+#   T2 = seconds of mafs_t Stage II, T1 + T2 of mafs_s (default 120 / 360); EXTRA="key=value ..." appended to
+#   every run (a CPU dry run: DEVICE=cpu T1=10 T2=20 EXTRA="data.batch_size=2 data.augment.crop=[96,128]").
 set -u
 WORK=${WORK:-/tmp/gpu_seg}
 T1=${T1:-120}
@@ -29,10 +31,11 @@ run() {  # NAME CONFIG SECONDS STEPS [key=value ...]: the schedule ends at STEPS
     "train.time_limit=$secs" "train.steps=$steps" "$@" "${EXTRA_ARR[@]}" > "$LOGS/$name.log" 2>&1
   echo "$name exit $?"; cp "$WORK/$name/losses.jsonl" "$LOGS/$name.losses.jsonl" 2>/dev/null
 }
-(run mafs_s_stage1 configs/mafs_s_stage1.yaml "$T1" 800 'data.augment.crop=[384,480]' train.val_every=100000 \
-   train.precise_bn_images=0
- run mafs_s_stage2 configs/mafs_s_stage2.yaml "$T2" 1500 "train.init_from=$WORK/mafs_s_stage1/final.safetensors" \
-   'data.augment.crop=[384,512]' train.val_every=250 "train.export=$OUT/mafs_s.safetensors") &
+$PY -m mafs_core.cli widen weights/mafs_t.safetensors "$WORK/mafs_s_init.safetensors" > "$LOGS/widen.log" 2>&1
+echo "widen exit $?"
+run mafs_s_stage2 configs/mafs_s_stage2.yaml "$((T1 + T2))" 2500 "train.init_from=$WORK/mafs_s_init.safetensors" \
+  'model.overrides.dec_attn=[true,true,false]' optim.lr=5e-4 'data.augment.crop=[384,512]' train.val_every=250 \
+  "train.export=$OUT/mafs_s.safetensors" &
 run mafs_t_stage2 configs/mafs_t_stage2.yaml "$T2" 1500 train.init_from=weights/mafs_t.safetensors optim.lr=5e-4 \
   'data.augment.crop=[384,512]' train.val_every=250 "train.export=$OUT/mafs_t.safetensors" &
 wait
