@@ -71,7 +71,9 @@ def _widen_tensor(name: str, w: torch.Tensor, n: torch.Tensor, spread: float, ge
     out_map = _index_map(w.shape[0], n.shape[0], _parts(name, _OUT_PARTS), name)
     t = n.index_select(0, out_map)
     if w.dim() < 2 or w.shape[1] == n.shape[1]:  # 1-D, or an input that was not widened (depthwise, stems)
-        return t.clone() if t.shape == w.shape else _shape_error(name, w, n)
+        if t.shape != w.shape:
+            raise WidenError(f"{name}: cannot widen {tuple(n.shape)} to {tuple(w.shape)}")
+        return t.clone()
     in_map = _index_map(w.shape[1], n.shape[1], _parts(name, _IN_PARTS), name)
     t = t.index_select(1, in_map)
     counts = torch.bincount(in_map, minlength=n.shape[1]).to(t.dtype)  # copies of each narrow input
@@ -80,10 +82,6 @@ def _widen_tensor(name: str, w: torch.Tensor, n: torch.Tensor, spread: float, ge
     mean = torch.zeros(w.shape[0], n.shape[1], dtype=t.dtype).index_add_(1, in_map, u) / counts
     share = (1 + spread * (u - mean[:, in_map])) / counts[in_map]
     return t * share.reshape(*share.shape, *([1] * (t.dim() - 2)))
-
-
-def _shape_error(name: str, w: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    raise WidenError(f"{name}: cannot widen {tuple(n.shape)} to {tuple(w.shape)}")
 
 
 def widen(src: MAFS, variant: str = "mafs_s", spread: float = 0.5, seed: int = 0) -> MAFS:
