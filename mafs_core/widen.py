@@ -98,7 +98,9 @@ def widen(src: MAFS, variant: str = "mafs_s", spread: float = 0.5, seed: int = 0
     cfg = replace(src.config, variant=variant, **{f: getattr(target, f) for f in SIZE_FIELDS})
     if any(d < s for d, s in zip(cfg.depths, src.config.depths, strict=True)):
         raise WidenError(f"{variant} depths {cfg.depths} are shallower than the source's {src.config.depths}")
-    wide = MAFS(cfg)
+    with torch.random.fork_rng(devices=[]):  # fresh tensors (extra blocks, rec heads) follow `seed` too
+        torch.manual_seed(seed)
+        wide = MAFS(cfg)
     _check_heads(src, wide)
     gen = torch.Generator().manual_seed(seed)
     narrow_state = src.state_dict()
@@ -111,9 +113,8 @@ def widen(src: MAFS, variant: str = "mafs_s", spread: float = 0.5, seed: int = 0
                 state[name] = _widen_tensor(name, w, narrow_state[name].float(), spread, gen).to(w.dtype)
             elif not _extra_block(name, src.config.depths):
                 raise WidenError(f"{name}: not in the source network and not part of an extra encoder block")
-        for name in state:
-            if _extra_block(name, src.config.depths) and re.search(r"\.pw2\.bn\.(weight|bias)$", name):
-                state[name] = torch.zeros_like(state[name])  # the extra residual block adds nothing yet
+            elif re.search(r"\.pw2\.bn\.(weight|bias)$", name):
+                state[name] = torch.zeros_like(w)  # the extra residual block adds nothing yet
     wide.load_state_dict(state)
     return wide.train(src.training)
 

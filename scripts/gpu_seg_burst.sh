@@ -8,8 +8,8 @@
 # Both on the committed validation split's complement only; each ends with precise BN of `seg` and class-bias
 # calibration on the training frames' real labels, then validates through the engine on the whole split.
 # Results under $OUT: the exported .safetensors and results.tgz (logs, losses).
-# Needs, carried beside the tree (git-ignored): .whl/ (kornia, rosbags and their wheels for the machine's
-# Python) and .gpu/data/{msrs,roadscene,msrs_misaligned,teachers} (training data; never committed).
+# Needs, carried beside the tree (git-ignored, built by scripts/gpu_data.sh): .whl/ (kornia, rosbags and their
+# wheels for the machine's Python) and .gpu/data/{msrs,roadscene,teachers} (training data; never committed).
 #   T2 = seconds of mafs_t Stage II, T1 + T2 of mafs_s (default 120 / 360); EXTRA="key=value ..." appended to
 #   every run (a CPU dry run: DEVICE=cpu T1=10 T2=20 EXTRA="data.batch_size=2 data.augment.crop=[96,128]").
 set -u
