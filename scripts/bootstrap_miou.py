@@ -15,25 +15,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import cv2
 import numpy as np
+
+from mafs_core.io import read_label
+from mafs_core.metrics import ConfusionMatrix
 
 
 def confusions(labels: Path, masks: Path, names: list[str], k: int) -> np.ndarray:
-    """[frames, k, k] confusion counts (row = label, column = prediction); label ids >= k are ignored."""
+    """[frames, k, k] confusion counts per frame, counted as `mafs eval` counts them."""
     out = []
     for n in names:
-        lab = cv2.imread(str(labels / f"{n}.png"), cv2.IMREAD_GRAYSCALE).astype(np.int64).ravel()
-        pred = cv2.imread(str(masks / "mask" / f"{n}.png"), cv2.IMREAD_GRAYSCALE).astype(np.int64).ravel()
-        keep = lab < k
-        out.append(np.bincount(lab[keep] * k + np.minimum(pred[keep], k - 1), minlength=k * k).reshape(k, k))
+        cm = ConfusionMatrix(k)
+        cm.update(read_label(masks / "mask" / f"{n}.png"), read_label(labels / f"{n}.png"))
+        out.append(cm.mat)
     return np.stack(out)
 
 
 def pooled_miou(c: np.ndarray) -> float:
-    c = c.sum(0)
-    tp = np.diag(c)
-    return float(np.mean(tp / np.maximum(c.sum(0) + c.sum(1) - tp, 1)))
+    """mIoU of the frames' summed confusion, with `mafs eval`'s rule for classes absent from both sides."""
+    cm = ConfusionMatrix(c.shape[-1])
+    cm.mat = c.sum(0)
+    return cm.miou()
 
 
 def main() -> None:
