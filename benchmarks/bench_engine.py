@@ -54,6 +54,7 @@ def bench_variant(variant: str, args: argparse.Namespace) -> dict:
     cuda = args.device.startswith("cuda")
     clock = time.process_time if (args.clock == "process" and not cuda) else time.perf_counter
     seg = FusionSegmenter.from_variant(variant, device=args.device, precision=args.precision,
+                                       model_overrides={"vis_backbone": args.vis_backbone},
                                        cuda_graphs=args.cuda_graphs, compile=args.compile,
                                        warmup=args.warmup, warmup_size=(args.height, args.width))
     if cuda:
@@ -95,7 +96,7 @@ def bench_variant(variant: str, args: argparse.Namespace) -> dict:
         if "device" in res.timings:
             dev_ms.append(res.timings["device"])
     row = {
-        "variant": variant, "device": str(seg.device), "precision": seg.precision, "height": args.height,
+        "variant": variant, "vis_backbone": args.vis_backbone, "device": str(seg.device), "precision": seg.precision, "height": args.height,
         "width": args.width, "iters": args.iters, "cuda_graphs": bool(cuda and args.cuda_graphs),
         "compile": args.compile, "clock": "wall" if cuda else args.clock, "threads": torch.get_num_threads(),
         "params_m": sum(p.numel() for p in seg.model.parameters()) / 1e6,
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask-only", action="store_true", help="skip colour mask and overlay (as a node with no "
                                                              "subscribers to them)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--vis-backbone", default="", help="add a pretrained backbone, e.g. efficientnet_lite0")
     p.add_argument("--clock", choices=("wall", "process"), default="wall",
                    help="CPU only: 'process' times CPU seconds of this process (with --threads 1 it estimates the "
                         "single-core latency of an idle machine when other jobs share the cores)")

@@ -33,7 +33,8 @@ class ConvBNAct(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False)
         self.bn: nn.Module = nn.BatchNorm2d(cout)
-        self.act: nn.Module = {"relu": nn.ReLU(inplace=True), "gelu": nn.GELU(), None: nn.Identity()}[act]
+        self.act: nn.Module = {"relu": nn.ReLU(inplace=True), "relu6": nn.ReLU6(inplace=True), "gelu": nn.GELU(),
+                                None: nn.Identity()}[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))

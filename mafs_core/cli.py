@@ -19,6 +19,7 @@ COMMANDS: tuple[str, ...] = (
     "mafs_core.bag",         # mafs bag make|eval|export
     "mafs_core.registration",  # mafs register
     "mafs_core.widen",       # mafs widen
+    "mafs_core.backbone",    # mafs add-backbone
 )
 
 

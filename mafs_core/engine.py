@@ -309,13 +309,15 @@ class FusionSegmenter:
 
     @classmethod
     def from_variant(cls, variant: str = "mafs_t", num_classes: int = 9, seed: int = 0, device: str = "auto",
-                     precision: str = "auto", **config_overrides: Any) -> FusionSegmenter:
-        """Randomly initialised network (seeded): smoke runs and benchmarks without trained weights."""
+                     precision: str = "auto", model_overrides: dict[str, Any] | None = None,
+                     **config_overrides: Any) -> FusionSegmenter:
+        """Randomly initialised network (seeded): smoke runs and benchmarks without trained weights.
+        model_overrides: MAFSConfig fields, e.g. {"vis_backbone": "efficientnet_lite0"}."""
         from mafs_core.model import build_model
 
         with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's RNG
             torch.manual_seed(seed)
-            model = build_model(variant, num_classes=num_classes)
+            model = build_model(variant, num_classes=num_classes, **(model_overrides or {}))
         meta = {"variant": variant, "num_classes": num_classes, "training": {"random_init": True, "seed": seed}}
         return cls(model, meta, EngineConfig(device=device, precision=precision, **config_overrides),
                    _owns_model=True)

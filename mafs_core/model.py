@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mafs_core.backbone import BACKBONES, SegBackbone
 from mafs_core.blocks import (
     AFM,
     CAM,
@@ -64,6 +65,9 @@ class MAFSConfig:
     # special cases); "direct" = sigmoid luminance (the first checkpoints, which do not store this field).
     fusion_head: str = "direct"
     blend_residual: float = 0.25
+    # "" or "efficientnet_lite0": an ImageNet-pretrained network whose features join the segmentation decoder's
+    # input (mafs_core/backbone.py; `mafs add-backbone` adds one to trained weights)
+    vis_backbone: str = ""
 
     def __post_init__(self) -> None:
         # JSON/YAML round-trips give lists: normalise to tuples so configs compare and hash.
@@ -84,6 +88,8 @@ class MAFSConfig:
         for stride, pool in zip((32, 16, 8), self.dec_pool, strict=True):
             if (self.pad_multiple // stride) % pool:
                 raise ValueError(f"dec_pool {pool} at 1/{stride} needs pad_multiple divisible by {stride * pool}")
+        if self.vis_backbone not in BACKBONES:
+            raise ValueError(f"vis_backbone must be one of {BACKBONES}, got {self.vis_backbone!r}")
         if self.pad_mode not in ("replicate", "reflect"):
             raise ValueError(f"pad_mode must be 'replicate' or 'reflect', got {self.pad_mode!r}")
 
@@ -245,6 +251,7 @@ class MAFS(nn.Module):
         self.dem = nn.ModuleList(DEM(w) for w in config.widths)
         self.cam = nn.ModuleList(CAM(w, a, config.head_dim, p, config.expand)
                                  for w, a, p in zip(config.widths, config.cam_attn, config.cam_pool, strict=True))
+        self.backbone = SegBackbone(config.vis_backbone, config.widths) if config.vis_backbone else None
         self.seg = SegDecoder(config)
         self.fusion = FusionDecoder(config)
         self.rec_ir = ReconDecoder(config, 1)
@@ -267,6 +274,8 @@ class MAFS(nn.Module):
             heads.append(self.fusion.out)
         for head in heads:
             nn.init.normal_(head.weight, std=0.01)
+        if self.backbone is not None:
+            self.backbone.zero_projections()
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -310,7 +319,8 @@ class MAFS(nn.Module):
         if mode == "mae":
             return {"rec_ir": self.rec_ir(e["ir1"], e["ir"])[..., :h, :w],
                     "rec_vis": self.rec_vis(e["vis1"], e["vis"])[..., :h, :w]}
-        sem, logits, aux = self.seg(e["fused"], with_aux=self.training)
+        fused = e["fused"] if self.backbone is None else self.backbone(ir_p, vis_p, e["fused"])
+        sem, logits, aux = self.seg(fused, with_aux=self.training)
         y, head = self.fusion(e["ir0"], e["vis0"], e["ir1"], e["vis1"], sem, ir_p, kornia.color.rgb_to_y(vis_p))
         y, head = y[..., :h, :w], head[..., :h, :w]
         if not quarter_logits:
