@@ -96,7 +96,8 @@ def bench_variant(variant: str, args: argparse.Namespace) -> dict:
         if "device" in res.timings:
             dev_ms.append(res.timings["device"])
     row = {
-        "variant": variant, "vis_backbone": args.vis_backbone, "device": str(seg.device), "precision": seg.precision, "height": args.height,
+        "variant": variant, "vis_backbone": args.vis_backbone, "device": str(seg.device), "precision": seg.precision,
+        "height": args.height,
         "width": args.width, "iters": args.iters, "cuda_graphs": bool(cuda and args.cuda_graphs),
         "compile": args.compile, "clock": "wall" if cuda else args.clock, "threads": torch.get_num_threads(),
         "params_m": sum(p.numel() for p in seg.model.parameters()) / 1e6,

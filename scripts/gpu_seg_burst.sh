@@ -5,6 +5,8 @@
 #           parameters): the GPU default weights (weights/mafs_s.safetensors). From scratch, a burst this short
 #           segmented worse than mafs_t (docs/training.md); widening starts it where mafs_t is.
 #   mafs_t  Stage II continued from the shipped weights (T2 s), sharing the GPU
+# The shipped mafs_t carries an ImageNet-pretrained EfficientNet-Lite0 (run (b1), docs/training.md), so both runs
+# name it (model.overrides.vis_backbone) and start at lr 2e-4, the rate at which (s2) and (b1) kept their start.
 # Both on the committed validation split's complement only; each ends with precise BN of `seg` and class-bias
 # calibration on the training frames' real labels, then validates through the engine on the whole split.
 # Results under $OUT: the exported .safetensors and results.tgz (logs, losses).
@@ -34,10 +36,11 @@ run() {  # NAME CONFIG SECONDS STEPS [key=value ...]: the schedule ends at STEPS
 $PY -m mafs_core.cli widen weights/mafs_t.safetensors "$WORK/mafs_s_init.safetensors" > "$LOGS/widen.log" 2>&1
 echo "widen exit $?"
 run mafs_s_stage2 configs/mafs_s_stage2.yaml "$((T1 + T2))" 2500 "train.init_from=$WORK/mafs_s_init.safetensors" \
-  'model.overrides.dec_attn=[true,true,false]' optim.lr=5e-4 'data.augment.crop=[384,512]' train.val_every=250 \
+  'model.overrides.dec_attn=[true,true,false]' model.overrides.vis_backbone=efficientnet_lite0 optim.lr=2e-4 \
+  'data.augment.crop=[384,512]' train.val_every=250 \
   "train.export=$OUT/mafs_s.safetensors" &
-run mafs_t_stage2 configs/mafs_t_stage2.yaml "$T2" 1500 train.init_from=weights/mafs_t.safetensors optim.lr=5e-4 \
-  'data.augment.crop=[384,512]' train.val_every=250 "train.export=$OUT/mafs_t.safetensors" &
+run mafs_t_stage2 configs/mafs_t_stage2.yaml "$T2" 1500 train.init_from=weights/mafs_t.safetensors optim.lr=2e-4 \
+  model.overrides.vis_backbone=efficientnet_lite0 'data.augment.crop=[384,512]' train.val_every=250 "train.export=$OUT/mafs_t.safetensors" &
 wait
 for f in "$LOGS"/*.log; do echo "-- $f"; grep -E "time limit|step [0-9]+ val|calibration|Error|error" "$f" \
   | sed -E 's/ val\/(f_|EN|SD|SF|AG|MI|SCD|SSIM|teacher_iou)[^ ]*//g' | cut -c1-400 | tail -4; done

@@ -46,7 +46,9 @@ def test_widened_mafs_s_computes_what_the_shipped_mafs_t_computes(shipped, sampl
     wide = widen(shipped, "mafs_s")
     assert wide.config.widths == (32, 64, 128, 256) and wide.config.depths == (1, 2, 4, 2)
     assert wide.config.dec_attn == shipped.config.dec_attn  # structure from the source
-    n_src, n_wide = (sum(p.numel() for p in m.parameters()) for m in (shipped, wide))
+    assert wide.config.vis_backbone == shipped.config.vis_backbone  # a pretrained backbone is carried, not widened
+    n_src, n_wide = (sum(p.numel() for n, p in m.named_parameters() if not n.startswith("backbone.net."))
+                     for m in (shipped, wide))
     assert n_wide > 4 * n_src
     ir, vis = _frames(sample_data)
     for m in (shipped, wide):
@@ -115,5 +117,8 @@ def test_cli_checkpoint_loads_in_the_engine_and_starts_training(shipped, sample_
                   "val_every": 1000, "ckpt_every": 1000, "init_from": str(out)}}))
     with pytest.raises(RuntimeError, match=r"model\.overrides\.dec_attn=\[true, true, false\]"):
         train(load_config(cfg))  # the plain mafs_s layout does not match: the override is needed
-    train(load_config(cfg, [DEC_ATTN_T]))
+    layout = [DEC_ATTN_T]
+    if shipped.config.vis_backbone:  # the shipped mafs_t carries a pretrained backbone (mafs add-backbone)
+        layout.append(f"model.overrides.vis_backbone={shipped.config.vis_backbone}")
+    train(load_config(cfg, layout))
     assert (tmp_path / "run" / "final.safetensors").is_file()
