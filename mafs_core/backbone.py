@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import kornia.color
@@ -136,9 +137,7 @@ def load_pretrained(net: EfficientNetLite0, path: str | Path | None = None) -> N
 def add_backbone(src: nn.Module, pretrained: str | Path | None = None) -> nn.Module:
     """`src` with a pretrained Lite0 whose projections into the segmentation decoder start at zero, so the result
     computes exactly what `src` computes until training moves them."""
-    from dataclasses import replace
-
-    from mafs_core.model import MAFS
+    from mafs_core.model import MAFS  # here: model.py imports this module
 
     if src.config.vis_backbone:
         raise ValueError(f"the network already has a backbone ({src.config.vis_backbone})")
