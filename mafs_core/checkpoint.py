@@ -26,6 +26,8 @@ FORMAT = "mafs-checkpoint"
 FORMAT_VERSION = 1
 METADATA_KEY = "mafs"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl")
+# what a checkpoint made from another one (`mafs widen`, `mafs add-backbone`) carries over from its source
+CARRIED_METADATA = ("class_names", "palette", "thermal_norm")
 DEFAULT_THERMAL_NORM: dict[str, Any] = {"mode": "minmax"}
 
 

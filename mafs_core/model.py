@@ -319,9 +319,10 @@ class MAFS(nn.Module):
         if mode == "mae":
             return {"rec_ir": self.rec_ir(e["ir1"], e["ir"])[..., :h, :w],
                     "rec_vis": self.rec_vis(e["vis1"], e["vis"])[..., :h, :w]}
-        fused = e["fused"] if self.backbone is None else self.backbone(ir_p, vis_p, e["fused"])
+        vis_y = kornia.color.rgb_to_y(vis_p)
+        fused = e["fused"] if self.backbone is None else self.backbone(ir_p, vis_p, vis_y, e["fused"])
         sem, logits, aux = self.seg(fused, with_aux=self.training)
-        y, head = self.fusion(e["ir0"], e["vis0"], e["ir1"], e["vis1"], sem, ir_p, kornia.color.rgb_to_y(vis_p))
+        y, head = self.fusion(e["ir0"], e["vis0"], e["ir1"], e["vis1"], sem, ir_p, vis_y)
         y, head = y[..., :h, :w], head[..., :h, :w]
         if not quarter_logits:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[..., :h, :w]

@@ -160,7 +160,7 @@ def register(sub, registry) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from mafs_core.checkpoint import load_checkpoint, save_checkpoint
+    from mafs_core.checkpoint import CARRIED_METADATA, load_checkpoint, save_checkpoint
 
     src, meta = load_checkpoint(args.checkpoint)
     try:
@@ -179,7 +179,7 @@ def _main(args: argparse.Namespace) -> int:
     training = {"widened_from": {"file": str(args.checkpoint), "sha256": meta.get("sha256"),
                                  "variant": meta["variant"], "spread": args.spread, "seed": args.seed,
                                  "max_output_difference": diff, "source_training": meta.get("training", {})}}
-    save_checkpoint(Path(args.out), wide, {**{k: meta[k] for k in ("class_names", "palette", "thermal_norm")
-                                              if k in meta}, "variant": args.variant, "training": training})
+    keep = {k: meta[k] for k in CARRIED_METADATA if k in meta}
+    save_checkpoint(Path(args.out), wide, {**keep, "variant": args.variant, "training": training})
     print(f"wrote {args.out}")
     return 0
