@@ -75,14 +75,21 @@ def build_metadata(model: nn.Module, metadata: dict | None = None) -> dict:
     })
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, metadata: dict | None = None) -> None:
-    """Write `model`'s weights and metadata as a safetensors file (written to a temp name, then renamed)."""
+def save_checkpoint(path: str | Path, model: nn.Module, metadata: dict | None = None,
+                    half_params: bool = False) -> None:
+    """Write `model`'s weights and metadata as a safetensors file (written to a temp name, then renamed).
+    half_params: store learnt parameters as float16 (half the file; loading casts them back to the model's dtype).
+    Buffers stay as they are: BN running variances reach past float16's 65504."""
     from safetensors.torch import save_file
 
     path = Path(path)
     meta = build_metadata(model, metadata)
     # clone: safetensors refuses shared storage (tied weights), and the hash must see CPU bytes
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    if half_params:
+        for name, _ in model.named_parameters():
+            tensors[name] = tensors[name].half()
+        meta["stored_params"] = "float16"
     meta["sha256"] = tensors_sha256(tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bn-images", type=int, default=0, help="frames for precise BN (0 = keep the statistics)")
     ap.add_argument("--bn-modules", nargs="*", default=[], help="only BN layers under these prefixes (default all)")
     ap.add_argument("--class-bias-images", type=int, default=0, help="frames for the class offsets (0 = off)")
+    ap.add_argument("--half-params", action="store_true",
+                    help="store parameters as float16 (half the file; for weights that ship in the repository)")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     data = calibration_frames(cfg)
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         fit = calibrate_class_bias(model, data, args.class_bias_images, torch.device("cpu"), teacher)
         training["class_bias"] = {**dataclasses.asdict(fit), "from": args.src, "command": command}
         print(f"class offsets {fit.bias} on {fit.images} frames: mIoU {fit.miou_before:.3f} -> {fit.miou_after:.3f}")
-    save_checkpoint(args.dst, model.eval(), meta)
+    save_checkpoint(args.dst, model.eval(), meta, half_params=args.half_params)
     print(f"{args.src} -> {args.dst}")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -66,6 +67,27 @@ def test_round_trip_identical_outputs(model, ckpt):
     assert meta["training"] == {"epochs": 3, "dataset": "unit-test"}
     assert meta["config"]["widths"] == list(model.config.widths)
     assert meta["sha256"] == tensors_sha256(model.state_dict())
+
+
+def test_half_params_halve_the_file_and_load_as_float32(model, ckpt, tmp_path):
+    """Shipped weights store parameters as float16; BN statistics keep float32 (running variances pass 65504)."""
+    model = copy.deepcopy(model)  # the module's fixture stays as the other tests saved it
+    with torch.no_grad():
+        model.fusion.refine0.bn.running_var[0] = 1e5  # a real one reached 5e4: float16 would make it inf
+    half = tmp_path / "half.safetensors"
+    save_checkpoint(half, model, {"class_names": NAMES, "palette": PALETTE}, half_params=True)
+    tensors, meta = _read(half)
+    assert meta["stored_params"] == "float16"
+    params = dict(model.named_parameters())
+    assert all(t.dtype == (torch.float16 if k in params else model.state_dict()[k].dtype) for k, t in tensors.items())
+    assert half.stat().st_size < 0.6 * ckpt.stat().st_size
+    loaded, _ = load_checkpoint(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    assert float(loaded.fusion.refine0.bn.running_var[0]) == 1e5
+    a, b = _outputs(model), _outputs(loaded)
+    assert (a["logits"] - b["logits"]).abs().max() < 1e-2 * a["logits"].abs().max()
+    save_checkpoint(tmp_path / "again.safetensors", loaded)  # a re-save of the loaded network is float32 again
+    assert "stored_params" not in _read(tmp_path / "again.safetensors")[1]
 
 
 def test_metadata_defaults_and_validation(model, tmp_path):
