@@ -6,7 +6,8 @@
 One config (dataclasses below, loaded from YAML, dotted overrides on the command line), one loop. The run
 directory holds `state.pt` (everything needed to resume bit-exactly: model, optimizer, scheduler, scaler,
 EMA, task weighter, RNG states, step; written atomically every `train.ckpt_every` steps), `losses.jsonl`
-(one line per step), tensorboard logs in `tb/`, and the exported `final.safetensors` / `best.safetensors`.
+(one line per step), tensorboard logs in `tb/`, and the exported `final.safetensors` / `best.safetensors`
+(and `raw.safetensors`: the last weights before precise BN and class-bias calibration, where those run).
 Data order and augmentations are pure functions of (seed, epoch, index) and masks of (seed, rank, step), so a
 run killed with SIGKILL and resumed continues with exactly the losses it would have had (on CPU).
 """
@@ -1015,6 +1016,10 @@ class Trainer:
             print(f"[mafs train] {speed['steps']} steps: median {speed['median']:.3f} s/step "
                   f"({speed['steps_per_s']:.2f} steps/s), p99 {speed['p99']:.3f} s")
         calib = calibration_frames(cfg, self.train_ds.records)
+        if self.main and (t.precise_bn_images > 0 or (t.class_bias_images > 0 and t.stage == "joint")):
+            # the weights as trained, before the export steps change them: precise BN cost run (l2) 0.04 mIoU
+            # (docs/training.md), and state.pt is rewritten after them
+            self.export(self.out / "raw.safetensors", {"before": "precise BN and class-bias calibration"})
         if self.main and t.precise_bn_images > 0:
             n = precise_bn(self._eval_model(), calib, t.precise_bn_images, self.device, mode=t.stage,
                            modules=t.precise_bn_modules)

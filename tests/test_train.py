@@ -134,6 +134,11 @@ def test_time_limit_stops_early_and_still_exports(tmp_path: Path, pairs: Path) -
     assert speed["steps"] == steps and 0.5 <= speed["median"] <= speed["p99"]
     assert speed["steps_per_s"] == pytest.approx(1 / speed["median"])
     assert load_checkpoint(tmp_path / "run_mae" / "final.safetensors")[1]["training"]["steps"] == steps
+    # the weights before precise BN are kept beside the recalibrated ones: same layers, other BN statistics
+    raw, final = (load_checkpoint(tmp_path / "run_mae" / f"{n}.safetensors")[0].state_dict() for n in ("raw", "final"))
+    assert raw.keys() == final.keys()
+    assert all(torch.equal(raw[k], final[k]) for k in raw if "running" not in k and "num_batches" not in k)
+    assert any(not torch.equal(raw[k], final[k]) for k in raw if k.endswith("running_var"))
 
 
 @pytest.mark.timeout(240)
