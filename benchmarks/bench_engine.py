@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask-only", action="store_true", help="skip colour mask and overlay (as a node with no "
                                                              "subscribers to them)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--vis-backbone", default="", help="add a pretrained backbone: efficientnet_lite0 or efficientnet_lite2")
+    p.add_argument("--vis-backbone", default="",
+                   help="add a pretrained backbone: efficientnet_lite0 or efficientnet_lite2")
     p.add_argument("--clock", choices=("wall", "process"), default="wall",
                    help="CPU only: 'process' times CPU seconds of this process (with --threads 1 it estimates the "
                         "single-core latency of an idle machine when other jobs share the cores)")
