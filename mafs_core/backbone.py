@@ -76,7 +76,7 @@ class EfficientNetLite(nn.Module):
 
     def __init__(self, name: str = "efficientnet_lite0"):
         super().__init__()
-        self.spec = SPECS[name]
+        self.name, self.spec = name, SPECS[name]
         self.stem = ConvBNAct(3, 32, 3, 2, act="relu6")
         blocks, cin = [], 32
         for e, k, s, c, n in self.spec.stages:
@@ -154,8 +154,7 @@ def pretrained_path(name: str = "efficientnet_lite0") -> Path:
 
 def load_pretrained(net: EfficientNetLite, path: str | Path | None = None) -> None:
     """Load the ImageNet weights strictly (every tensor of ours present, shapes equal)."""
-    name = next(k for k, v in SPECS.items() if v is net.spec)
-    src = torch.load(path or pretrained_path(name), map_location="cpu", weights_only=True)
+    src = torch.load(path or pretrained_path(net.name), map_location="cpu", weights_only=True)
     net.load_state_dict(convert_state(src), strict=True)
 
 
