@@ -13,6 +13,10 @@ rm -rf "$DST"; mkdir -p "$DST/msrs" "$DST/teachers"
 cp -r "$SRC/msrs/label" "$SRC/msrs/boxes" "$DST/msrs/"
 cp -r "$SRC/roadscene" "$DST/"
 cp -r "$SRC/teachers/mfnet" "$DST/teachers/"
+# Optional: mafs_s's start for scripts/gpu_seg_burst.sh (MAFS_S_INIT=runs/mafs_s_half.safetensors, run (l2r)'s
+# weights, 15.6 MB). It fits only if the call carries less else: the tree (23 MB), kornia's two wheels (7 MB) and
+# this folder (31 MB without it) already take 61 of the 67 MB (64 MiB) a call may carry.
+if [ -n "${MAFS_S_INIT:-}" ]; then mkdir -p "$DST/init"; cp "$MAFS_S_INIT" "$DST/init/mafs_s.safetensors"; fi
 $PY - "$SRC/msrs" "$DST/msrs" <<'PYEOF'
 import sys
 from pathlib import Path
@@ -34,4 +38,4 @@ if [ ! -d .whl ]; then
       --platform manylinux2014_x86_64 "$p"
   done
 fi
-du -sh "$DST" .whl  # together under the 64 MiB a call carries
+du -sh "$DST" .whl  # with the tracked tree, under the 64 MiB a call carries: gpu_seg_burst.sh needs only .whl/kornia*
