@@ -1016,16 +1016,18 @@ class Trainer:
             print(f"[mafs train] {speed['steps']} steps: median {speed['median']:.3f} s/step "
                   f"({speed['steps_per_s']:.2f} steps/s), p99 {speed['p99']:.3f} s")
         calib = calibration_frames(cfg, self.train_ds.records)
-        if self.main and (t.precise_bn_images > 0 or (t.class_bias_images > 0 and t.stage == "joint")):
+        do_bn = self.main and t.precise_bn_images > 0
+        do_bias = self.main and t.class_bias_images > 0 and t.stage == "joint"
+        if do_bn or do_bias:
             # the weights as trained, before the export steps change them: precise BN cost run (l2) 0.04 mIoU
             # (docs/training.md), and state.pt is rewritten after them
             self.export(self.out / "raw.safetensors", {"before": "precise BN and class-bias calibration"})
-        if self.main and t.precise_bn_images > 0:
+        if do_bn:
             n = precise_bn(self._eval_model(), calib, t.precise_bn_images, self.device, mode=t.stage,
                            modules=t.precise_bn_modules)
             print(f"[mafs train] precise BN: statistics re-estimated on {n} un-augmented training images")
             self.best = math.inf  # the recalibrated model is the one to keep
-        if self.main and t.class_bias_images > 0 and t.stage == "joint":
+        if do_bias:
             from mafs_core.calibrate import calibrate_class_bias
 
             fit = calibrate_class_bias(self._eval_model(), calib, t.class_bias_images, self.device, self.teacher)
