@@ -1,30 +1,32 @@
 #!/usr/bin/env bash
 # One prepared call on a lent GPU (H100/H200), about 9 minutes: the real-label segmentation recipe
-# (configs/*_stage2.yaml, docs/training.md) at GPU size.
+# (configs/*_stage2.yaml, docs/training.md) at GPU size, with what runs (b2), (b3) and (s3) showed on the CPU.
 #   mafs_s  Stage II (T1 + T2 s) from the shipped mafs_t grown into mafs_s by `mafs widen` (same function, its
 #           Lite0 carried over), or from .gpu/data/init/mafs_s.safetensors when scripts/gpu_data.sh put run (l2r)'s
-#           weights there (mafs_s with Lite2, 0.469 on the split; only if the call carries room for them).
-#           Then its fused images are scored on RoadScene, the reference set where every CPU-trained mafs_s lost
-#           sharpness against SeAFusion (docs/training.md, runs (l2r), (f2), (f3)).
+#           weights there (mafs_s with Lite2; only if the call carries room for them).
 #   mafs_t  Stage II continued from the shipped weights (T2 s), sharing the GPU
-# Both start at lr 2e-4, the rate at which (s2), (b1) and (l2) kept their start.
-# Both on the committed validation split's complement only; each ends with precise BN of `seg` and class-bias
-# calibration on the training frames' real labels, then validates through the engine on the whole split.
-# Results under $OUT: the exported .safetensors, roadscene_mafs_s.txt and results.tgz (logs, losses).
-# Needs, carried beside the tree (git-ignored, built by scripts/gpu_data.sh): kornia's two wheels from .whl/ (name
-# the files in carry: the bag wheels do not fit the 64 MiB beside the data) and .gpu/data (never committed).
-#   T2 = seconds of mafs_t Stage II, T1 + T2 of mafs_s (default 120 / 360); EXTRA="key=value ..." appended to
+# Both start at lr 2e-4 with the pretrained encoder frozen ((b2): higher raw mIoU, faster steps), and end without
+# precise BN or class offsets (offsets fitted on the training frames cost every run since (l2)); the engine pass on
+# the validation split scores the weights as trained. Then, per variant, two candidates for the CPU to score
+# (scripts/eval_weights.sh, bootstrap_miou.py): VARIANT_raw (as trained) and VARIANT_mean (the mean with its start,
+# BN outside the backbone re-estimated on 64 training frames: what kept RoadScene's sharpness in (b2m), (b3), (s3)).
+# Both stored with float16 parameters, since a file over 16 MiB does not come back from the device (mafs_s fp32 is
+# 26-31 MB). RoadScene fusion metrics of each candidate: roadscene.txt. Logs and losses: results.tgz.
+# Needs, carried beside the tree (git-ignored, built by scripts/gpu_data.sh): .whl and .gpu/data (never committed),
+# 60 MB with the tree (gpu_data.sh says why (l2r)'s weights do not fit beside them).
+#   T2 = seconds of mafs_t Stage II, T1 + T2 of mafs_s (default 60 / 300); EXTRA="key=value ..." appended to
 #   every run (a CPU dry run: DEVICE=cpu T1=10 T2=20 EXTRA="data.batch_size=2 data.augment.crop=[96,128]").
 set -u
 WORK=${WORK:-/tmp/gpu_seg}
-T1=${T1:-120}
-T2=${T2:-360}
+T1=${T1:-60}
+T2=${T2:-300}
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 . "$(dirname "$0")/gpu_env.sh"
 
 COMMON=(data.root=.gpu/data teacher.path=.gpu/data/teachers/mfnet/mfnet_final.pth train.precision=bf16
         data.batch_size=16 data.num_workers=6 data.repeat=8 train.progress=false train.image_every=100000
-        train.ckpt_every=100000 train.threads=0 train.anneal_by_time=true)
+        train.ckpt_every=100000 train.threads=0 train.anneal_by_time=true train.precise_bn_images=0
+        train.class_bias_images=0 'train.trainable=[enc_ir,enc_vis,dem,cam,backbone.proj,seg,fusion]')
 [ "$DEVICE" = cuda ] || COMMON+=("train.device=$DEVICE")
 read -r -a EXTRA_ARR <<< "${EXTRA:-}"
 run() {  # NAME CONFIG SECONDS STEPS [key=value ...]: the schedule ends at STEPS or SECONDS, whichever comes first
@@ -43,14 +45,26 @@ else
   echo "widen exit $?"
 fi
 run mafs_s_stage2 configs/mafs_s_stage2.yaml "$((T1 + T2))" 2500 "train.init_from=$S_INIT" "${S_ARGS[@]}" \
-  'model.overrides.dec_attn=[true,true,false]' optim.lr=2e-4 'data.augment.crop=[384,512]' train.val_every=250 \
-  "train.export=$OUT/mafs_s.safetensors" &
+  'model.overrides.dec_attn=[true,true,false]' optim.lr=2e-4 'data.augment.crop=[384,512]' train.val_every=250 &
 run mafs_t_stage2 configs/mafs_t_stage2.yaml "$T2" 1500 train.init_from=weights/mafs_t.safetensors optim.lr=2e-4 \
-  model.overrides.vis_backbone=efficientnet_lite0 'data.augment.crop=[384,512]' train.val_every=250 "train.export=$OUT/mafs_t.safetensors" &
+  model.overrides.vis_backbone=efficientnet_lite0 'data.augment.crop=[384,512]' train.val_every=250 &
 wait
-[ -f "$OUT/mafs_s.safetensors" ] && $PY -m mafs_core.cli eval --ir .gpu/data/roadscene/ir --vis .gpu/data/roadscene/vi \
-  --checkpoint "$OUT/mafs_s.safetensors" --device "$DEVICE" --warmup 0 --baselines --out "$WORK/roadscene_mafs_s" \
-  2>&1 | grep -E "model|max|mean" | tail -3 | tee "$OUT/roadscene_mafs_s.txt"
+candidates() {  # VARIANT START: VARIANT_raw and VARIANT_mean under $OUT, each scored on RoadScene
+  local v=$1 start=$2 trained=$WORK/${1}_stage2/final.safetensors c
+  [ -f "$trained" ] || { echo "$v: no trained weights"; return; }
+  $PY scripts/recalibrate.py "$trained" "$OUT/${v}_raw.safetensors" "configs/${v}_stage2.yaml" \
+    data.root=.gpu/data --half-params > "$LOGS/${v}_raw.log" 2>&1
+  $PY scripts/recalibrate.py "$start" "$OUT/${v}_mean.safetensors" "configs/${v}_stage2.yaml" data.root=.gpu/data \
+    --average "$trained" --bn-images 64 --bn-modules enc_ir enc_vis dem cam seg fusion --half-params \
+    > "$LOGS/${v}_mean.log" 2>&1
+  for c in raw mean; do
+    [ -f "$OUT/${v}_$c.safetensors" ] || { echo "$v $c: not written"; continue; }
+    $PY -m mafs_core.cli eval --ir .gpu/data/roadscene/ir --vis .gpu/data/roadscene/vi --device "$DEVICE" \
+      --checkpoint "$OUT/${v}_$c.safetensors" --warmup 0 --out "$WORK/roadscene_${v}_$c" 2>&1 \
+      | grep -E "^ +model" | sed "s/model/${v}_$c/"
+  done
+}
+{ candidates mafs_s "$S_INIT" & candidates mafs_t weights/mafs_t.safetensors & wait; } | tee "$OUT/roadscene.txt"
 for f in "$LOGS"/*.log; do echo "-- $f"; grep -E "time limit|step [0-9]+ val|calibration|Error|error" "$f" \
   | sed -E 's/ val\/(f_|EN|SD|SF|AG|MI|SCD|SSIM|teacher_iou)[^ ]*//g' | cut -c1-400 | tail -4; done
 tar -czf "$OUT/results.tgz" -C "$WORK" logs
