@@ -13,11 +13,6 @@ rm -rf "$DST"; mkdir -p "$DST/msrs" "$DST/teachers"
 cp -r "$SRC/msrs/label" "$SRC/msrs/boxes" "$DST/msrs/"
 cp -r "$SRC/roadscene" "$DST/"
 cp -r "$SRC/teachers/mfnet" "$DST/teachers/"
-# Optional: mafs_s's start for scripts/gpu_seg_burst.sh (MAFS_S_INIT=runs/mafs_s_half.safetensors, run (l2r)'s
-# weights, 15.6 MB). It does not fit yet: the tree (16 MB since mafs_t is stored in float16), this folder (31 MB
-# without it) and kornia's two wheels (7 MB) would come to 69 of the 67 MB (64 MiB) a call carries; .whl whole
-# and this folder without it take 60.
-if [ -n "${MAFS_S_INIT:-}" ]; then mkdir -p "$DST/init"; cp "$MAFS_S_INIT" "$DST/init/mafs_s.safetensors"; fi
 $PY - "$SRC/msrs" "$DST/msrs" <<'PYEOF'
 import sys
 from pathlib import Path

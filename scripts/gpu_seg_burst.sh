@@ -2,8 +2,8 @@
 # One prepared call on a lent GPU (H100/H200), about 9 minutes: the real-label segmentation recipe
 # (configs/*_stage2.yaml, docs/training.md) at GPU size, with what runs (b2), (b3) and (s3) showed on the CPU.
 #   mafs_s  Stage II (T1 + T2 s) from the shipped mafs_t grown into mafs_s by `mafs widen` (same function, its
-#           Lite0 carried over), or from .gpu/data/init/mafs_s.safetensors when scripts/gpu_data.sh put run (l2r)'s
-#           weights there (mafs_s with Lite2; only if the call carries room for them).
+#           Lite0 carried over). Run (l2r)'s mafs_s with Lite2 (15.6 MB) does not fit the 64 MiB a call carries
+#           beside the tree and the data, and scored no better in (s3).
 #   mafs_t  Stage II continued from the shipped weights (T2 s), sharing the GPU
 # Both start at lr 2e-4 with the pretrained encoder frozen ((b2): higher raw mIoU, faster steps), and end without
 # precise BN or class offsets (offsets fitted on the training frames cost every run since (l2)); the engine pass on
@@ -13,7 +13,7 @@
 # Both stored with float16 parameters, since a file over 16 MiB does not come back from the device (mafs_s fp32 is
 # 26-31 MB). RoadScene fusion metrics of each candidate: roadscene.txt. Logs and losses: results.tgz.
 # Needs, carried beside the tree (git-ignored, built by scripts/gpu_data.sh): .whl and .gpu/data (never committed),
-# 60 MB with the tree (gpu_data.sh says why (l2r)'s weights do not fit beside them).
+# 60 MB with the tree.
 #   T2 = seconds of mafs_t Stage II, T1 + T2 of mafs_s (default 60 / 300); EXTRA="key=value ..." appended to
 #   every run (a CPU dry run: DEVICE=cpu T1=10 T2=20 EXTRA="data.batch_size=2 data.augment.crop=[96,128]").
 set -u
@@ -31,21 +31,16 @@ COMMON=(data.root=.gpu/data teacher.path=.gpu/data/teachers/mfnet/mfnet_final.pt
 read -r -a EXTRA_ARR <<< "${EXTRA:-}"
 run() {  # NAME CONFIG SECONDS STEPS [key=value ...]: the schedule ends at STEPS or SECONDS, whichever comes first
   local name=$1 config=$2 secs=$3 steps=$4 after=240; shift 4
-  [ "$DEVICE" = cuda ] || after=1200  # precise BN, calibration and the split's validation take minutes on a CPU
+  [ "$DEVICE" = cuda ] || after=1200  # the split's validation through the engine takes minutes on a CPU
   timeout $((secs + after)) $PY -m mafs_core.train "$config" "${COMMON[@]}" "train.out_dir=$WORK/$name" \
     "train.time_limit=$secs" "train.steps=$steps" "$@" "${EXTRA_ARR[@]}" > "$LOGS/$name.log" 2>&1
   echo "$name exit $?"; cp "$WORK/$name/losses.jsonl" "$LOGS/$name.losses.jsonl" 2>/dev/null
 }
-S_INIT=.gpu/data/init/mafs_s.safetensors
-if [ -f "$S_INIT" ]; then
-  S_ARGS=(model.overrides.vis_backbone=efficientnet_lite2)
-else
-  S_INIT=$WORK/mafs_s_init.safetensors S_ARGS=(model.overrides.vis_backbone=efficientnet_lite0)
-  $PY -m mafs_core.cli widen weights/mafs_t.safetensors "$S_INIT" > "$LOGS/widen.log" 2>&1
-  echo "widen exit $?"
-fi
-run mafs_s_stage2 configs/mafs_s_stage2.yaml "$((T1 + T2))" 2500 "train.init_from=$S_INIT" "${S_ARGS[@]}" \
-  'model.overrides.dec_attn=[true,true,false]' optim.lr=2e-4 'data.augment.crop=[384,512]' train.val_every=250 &
+S_INIT=$WORK/mafs_s_init.safetensors
+$PY -m mafs_core.cli widen weights/mafs_t.safetensors "$S_INIT" > "$LOGS/widen.log" 2>&1
+echo "widen exit $?"
+run mafs_s_stage2 configs/mafs_s_stage2.yaml "$((T1 + T2))" 2500 "train.init_from=$S_INIT" \
+  model.overrides.vis_backbone=efficientnet_lite0 'model.overrides.dec_attn=[true,true,false]' optim.lr=2e-4 'data.augment.crop=[384,512]' train.val_every=250 &
 run mafs_t_stage2 configs/mafs_t_stage2.yaml "$T2" 1500 train.init_from=weights/mafs_t.safetensors optim.lr=2e-4 \
   model.overrides.vis_backbone=efficientnet_lite0 'data.augment.crop=[384,512]' train.val_every=250 &
 wait
