@@ -2,6 +2,10 @@
 
     .venv/bin/python benchmarks/bench_engine.py --device cpu --variants mafs_t mafs_s --iters 20
     .venv/bin/python benchmarks/bench_engine.py --device cuda --precision fp16 --iters 300
+    .venv/bin/python benchmarks/bench_engine.py --device cpu --checkpoints weights/mafs_*.safetensors
+
+With --checkpoints it times those files instead of random-init variants: a shipped file's layout can differ from
+its variant's (mafs_s grown from mafs_t keeps mafs_t's decoder block at 1/8 and carries a pretrained encoder).
 
 On CUDA it also reports the device-side time from the first upload to the end of the device->host copy
 (CUDA events) and the peak GPU memory. Writes benchmarks/results/bench_engine_<device>.json.
@@ -26,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mafs_core.engine import PRECISIONS, FusionSegmenter  # noqa: E402
+from mafs_core.tta import add_tta_args, tta_overrides  # noqa: E402
 
 # (device, variant, precision) -> end-to-end median target in ms (from the issue)
 TARGETS = {("cpu", "mafs_t", "fp32"): 200.0, ("cpu", "mafs_s", "fp32"): 600.0, ("cuda", "mafs_s", "fp16"): 4.0}
@@ -50,13 +55,17 @@ def _stats(ms: list[float]) -> dict[str, float]:
     return {"median_ms": statistics.median(ms), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": statistics.fmean(ms)}
 
 
-def bench_variant(variant: str, args: argparse.Namespace) -> dict:
+def bench_variant(variant: str, args: argparse.Namespace, checkpoint: Path | None = None) -> dict:
+    """One row: the random-init `variant`, or the file `checkpoint` (its variant read from it)."""
     cuda = args.device.startswith("cuda")
     clock = time.process_time if (args.clock == "process" and not cuda) else time.perf_counter
-    seg = FusionSegmenter.from_variant(variant, device=args.device, precision=args.precision,
-                                       model_overrides={"vis_backbone": args.vis_backbone},
-                                       cuda_graphs=args.cuda_graphs, compile=args.compile,
-                                       warmup=args.warmup, warmup_size=(args.height, args.width))
+    engine = dict(device=args.device, precision=args.precision, cuda_graphs=args.cuda_graphs, compile=args.compile,
+                  warmup=args.warmup, warmup_size=(args.height, args.width), **tta_overrides(args))
+    if checkpoint is None:
+        seg = FusionSegmenter.from_variant(variant, model_overrides={"vis_backbone": args.vis_backbone}, **engine)
+    else:
+        seg = FusionSegmenter.from_checkpoint(checkpoint, **engine)
+        variant = seg.model.config.variant
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -96,10 +105,13 @@ def bench_variant(variant: str, args: argparse.Namespace) -> dict:
         if "device" in res.timings:
             dev_ms.append(res.timings["device"])
     row = {
-        "variant": variant, "vis_backbone": args.vis_backbone, "device": str(seg.device), "precision": seg.precision,
+        "variant": variant, "checkpoint": None if checkpoint is None else str(checkpoint),
+        "vis_backbone": seg.model.config.vis_backbone if checkpoint else args.vis_backbone,
+        "device": str(seg.device), "precision": seg.precision,
         "height": args.height,
         "width": args.width, "iters": args.iters, "cuda_graphs": bool(cuda and args.cuda_graphs),
-        "compile": args.compile, "clock": "wall" if cuda else args.clock, "threads": torch.get_num_threads(),
+        "compile": args.compile, "tta": seg.describe().partition("test-time augmentation: ")[2],
+        "clock": "wall" if cuda else args.clock, "threads": torch.get_num_threads(),
         "params_m": sum(p.numel() for p in seg.model.parameters()) / 1e6,
         "network": _stats(net_ms), "end_to_end": _stats(e2e_ms),
         "stages_median_ms": {k: statistics.median(v) for k, v in stages.items()},
@@ -135,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clock", choices=("wall", "process"), default="wall",
                    help="CPU only: 'process' times CPU seconds of this process (with --threads 1 it estimates the "
                         "single-core latency of an idle machine when other jobs share the cores)")
+    add_tta_args(p)
+    p.add_argument("--checkpoints", nargs="+", type=Path, default=[],
+                   help="time these weight files (as the node loads them) instead of --variants")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -145,11 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         print("CUDA is not available here; use --device cpu", file=sys.stderr)
         return 2
     rows = []
-    for v in args.variants:
-        rows.append(bench_variant(v, args))
+    for v, ckpt in [(None, c) for c in args.checkpoints] or [(v, None) for v in args.variants]:
+        rows.append(bench_variant(v, args, ckpt))
         r = rows[-1]
-        print(f"{v}: network {r['network']['median_ms']:.2f} ms, end-to-end {r['end_to_end']['median_ms']:.2f} ms",
-              file=sys.stderr)
+        print(f"{ckpt or v}: network {r['network']['median_ms']:.2f} ms, "
+              f"end-to-end {r['end_to_end']['median_ms']:.2f} ms", file=sys.stderr)
     dev = "cuda" if args.device.startswith("cuda") else "cpu"
     hw = torch.cuda.get_device_name() if dev == "cuda" else f"{platform.processor() or platform.machine()}, " \
                                                                f"{torch.get_num_threads()} threads"
@@ -172,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         dev_s = "" if dv is None else f"{dv:.2f}"
         peak = f"{r['peak_gpu_mem_mb']:.0f}" if "peak_gpu_mem_mb" in r else ""
         net, e2e = r["network"], r["end_to_end"]
-        print(f"| {r['variant']} | {r['precision']} | {r['cuda_graphs']} "
+        name = r["variant"] + (f" ({Path(r['checkpoint']).name})" if r["checkpoint"] else "")
+        print(f"| {name} | {r['precision']} | {r['cuda_graphs']} "
               f"| {net['median_ms']:.2f} / {net['p99_ms']:.2f} | {e2e['median_ms']:.2f} / {e2e['p99_ms']:.2f} "
               f"| {dev_s} | {peak} | {tgt} |")
     print(f"\nwrote {out}")

@@ -22,6 +22,7 @@ import numpy as np
 
 from mafs_core.bagio import MANIFEST_KEY, BagError, BagReader, BagWriter, Frame, to_bgr8
 from mafs_core.io import IMAGE_EXTS, list_pairs, read_ir, read_label, read_vis
+from mafs_core.tta import add_tta_args, tta_overrides
 
 THERMAL_TOPIC, RGB_TOPIC, LABEL_TOPIC = "/thermal/image_raw", "/rgb/image_raw", "/labels/image"
 THERMAL_FRAME, RGB_FRAME = "thermal_camera", "rgb_camera"
@@ -327,6 +328,8 @@ class EvalOptions:
     boxes: str | None = None  # box labels joined to the paired frames (frame_boxes): box scores in the report
     box_format: str = "auto"
     box_classes: str | None = None
+    tta_scales: Sequence[float] = (1.0,)  # test-time augmentation of the mask (mafs_core.tta)
+    tta_flip: bool = False
 
 
 class _StageTimer:
@@ -401,9 +404,10 @@ def load_engine(opts: EvalOptions):
     """The engine `bag eval` runs: a checkpoint (default: shipped weights) or a seeded random-init variant."""
     from mafs_core.engine import FusionSegmenter
 
+    tta = {"tta_scales": tuple(opts.tta_scales), "tta_flip": opts.tta_flip}
     if opts.random_init:
-        return FusionSegmenter.from_variant(opts.random_init, device=opts.device)
-    return FusionSegmenter.from_checkpoint(opts.checkpoint, device=opts.device)
+        return FusionSegmenter.from_variant(opts.random_init, device=opts.device, **tta)
+    return FusionSegmenter.from_checkpoint(opts.checkpoint, device=opts.device, **tta)
 
 
 def _bag_markdown(report: dict) -> str:
@@ -574,7 +578,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     opts = EvalOptions(checkpoint=args.checkpoint, random_init=args.random_init, label_mode=args.label_mode,
                        device=args.device, batch_size=args.batch_size, write_bag=args.write_bag,
                        storage=args.storage, limit=args.limit, workers=args.workers, boxes=args.boxes,
-                       box_format=args.box_format, box_classes=args.box_classes,
+                       box_format=args.box_format, box_classes=args.box_classes, **tta_overrides(args),
                        metrics=None if args.metrics == "all" else [m for m in args.metrics.split(",") if m])
     try:
         report = evaluate_bag(args.bag, args.out, args.thermal_topic, args.rgb_topic, args.label_topic, args.labels,
@@ -662,6 +666,7 @@ def register(subparsers, registry: dict) -> None:
     p.add_argument("--random-init", metavar="VARIANT", help="seeded untrained network instead of weights (smoke runs)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=1)
+    add_tta_args(p)
     p.add_argument("--limit", type=int, help="stop after N pairs")
     p.add_argument("--workers", type=int, default=0, help="threads scoring frames (default: one per core, up to 16)")
     p.add_argument("--metrics", default="all",

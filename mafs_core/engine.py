@@ -42,6 +42,7 @@ from mafs_core.preprocess import (
     visible_to_rgb,
 )
 from mafs_core.sizes import working_size
+from mafs_core.tta import average_views, check_tta, tta_active
 
 log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -73,6 +74,10 @@ class EngineConfig:
     max_input_pixels: int = 8_300_000  # larger RGB frames are refused (ValueError) before any work; 0 = no limit
     overlay_alpha: float = 0.5
     overlay_background: bool = False  # also tint class 0 ("unlabelled"); off keeps the scene readable
+    # test-time augmentation of the mask (mafs_core.tta): class probabilities averaged over these factors of the
+    # working resolution (1.0 included), each also mirrored when tta_flip; len(scales) x (2 if flip) passes
+    tta_scales: tuple[float, ...] = (1.0,)
+    tta_flip: bool = False
     # speed
     fuse_bn: bool = True
     channels_last: bool = True  # weights and activations; helps on CPU (oneDNN) and GPU alike
@@ -326,7 +331,11 @@ class FusionSegmenter:
         """(ir, vis) network-resolution tensors -> (fused RGB [B,3,h,w], fusion head [B,2,h,w] or the fused image
         again where there is none, logits [B,C,h/4,w/4] or [B,C,h,w] or class ids [B,h,w] from an ids-only ONNX
         export)."""
+        scales, flip = check_tta(self.config.tta_scales, self.config.tta_flip)
+        tta = tta_active(scales, flip)
         if self._onnx is not None:
+            if tta:
+                raise ValueError("test-time augmentation (tta_scales, tta_flip) needs the torch backend")
             onnx = self._onnx
 
             def forward_onnx(ir: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -346,7 +355,11 @@ class FusionSegmenter:
             # post-processing interpolates once, to the camera's size, instead of twice
             quarter = bool(pm) and ir.shape[-2] % pm == 0 and ir.shape[-1] % pm == 0
             out = model(ir, vis, quarter_logits=quarter)
-            return out["fused"], out.get("fusion_head", out["fused"]), out["logits"]
+            logits = out["logits"]
+            if tta:
+                logits = average_views(lambda a, b: model(a, b, quarter_logits=quarter)["logits"], ir, vis, logits,
+                                       scales, flip, multiple=pm or 32)
+            return out["fused"], out.get("fusion_head", out["fused"]), logits
 
         fn = forward
         if self.config.compile:
@@ -600,7 +613,11 @@ class FusionSegmenter:
         where = self.metadata.get("checkpoint_path")
         why = self.metadata.get("checkpoint_choice")
         src = f"{where} ({why})" if where and why and why != "given" else (where or self.backend)
-        return f"{self.variant} on {self.device} ({self.precision}) from {src}"
+        cfg = self.config
+        tta = ""
+        if tta_active(cfg.tta_scales, cfg.tta_flip):  # several passes per frame: say so where the speed is read
+            tta = f", test-time augmentation: scales {list(cfg.tta_scales)}" + (" + flip" if cfg.tta_flip else "")
+        return f"{self.variant} on {self.device} ({self.precision}) from {src}{tta}"
 
     def with_config(self, **changes: Any) -> FusionSegmenter:
         """A new engine with the same weights and some settings changed."""

@@ -25,6 +25,7 @@ from mafs_core.boxes import BOX_FORMATS, Box, BoxScores, BoxSource, draw_boxes
 from mafs_core.classes import default_palette
 from mafs_core.metrics import FUSION_METRICS, ConfusionMatrix, baseline_fusions, binary_masks, fusion_metrics, to_gray
 from mafs_core.report import Sample, markdown_report, plot_iou, plot_samples, write_json
+from mafs_core.tta import add_tta_args, tta_overrides
 
 log = logging.getLogger(__name__)
 
@@ -378,6 +379,7 @@ def register(subparsers: argparse._SubParsersAction, registry: dict) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", help="auto, fp32, fp16, bf16")
     p.add_argument("--warmup", type=int, help="engine warm-up passes before timing (default: the engine's)")
+    add_tta_args(p)
     p.add_argument("--limit", type=int, help="evaluate only the first N pairs")
     p.add_argument("--baselines", action="store_true", help="also score pixel-max and mean fusion")
     p.add_argument("--baseline-teacher", nargs="?", const="default", metavar="PTH",
@@ -410,6 +412,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"error: no image pairs with matching names in {args.ir} and {args.vis}")
         return 2
     overrides = {"warmup": args.warmup} if args.warmup is not None else {}
+    overrides.update(tta_overrides(args))
     try:
         if args.random_init:
             engine = FusionSegmenter.from_variant(args.random_init, device=args.device, precision=args.precision,

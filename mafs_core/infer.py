@@ -12,6 +12,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from mafs_core.tta import add_tta_args, tta_overrides
+
 OUTPUT_DIRS = ("fused", "mask", "color", "overlay")
 
 
@@ -38,6 +40,7 @@ def add_engine_args(p: argparse.ArgumentParser, with_runtime: bool = True) -> No
                    help="the network's working resolution: auto (about the checkpoint's training size at the image's "
                         "aspect ratio), WxH (exactly, e.g. 736x416) or 0 (the image's own size); outputs are always "
                         "at the RGB image's size")
+    add_tta_args(g)
     g.add_argument("--no-cuda-graphs", action="store_true", help="disable CUDA graph capture")
     g.add_argument("--compile", action="store_true", help="torch.compile the network")
     g = p.add_argument_group("thermal and registration")
@@ -81,6 +84,7 @@ def engine_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     kw: dict[str, Any] = {
         "backend": args.backend, "input_size": args.input_size,
         "cuda_graphs": not args.no_cuda_graphs, "compile": args.compile, "overlay_alpha": args.alpha,
+        **tta_overrides(args),
         "thermal_norm": args.thermal_norm, "thermal_low_pct": args.low_pct, "thermal_high_pct": args.high_pct,
         "thermal_smoothing": args.smoothing, "thermal_gain": args.gain, "thermal_offset": args.offset,
     }

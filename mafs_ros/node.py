@@ -94,6 +94,8 @@ def engine_overrides(p: NodeParams) -> dict[str, Any]:
         "max_input_pixels": p.model_max_input_pixels,
         "homography": None if np.allclose(p.registration_homography, params.IDENTITY) else p.registration_homography,
         "overlay_alpha": p.overlay_alpha,
+        "tta_scales": tuple(p.model_tta_scales),
+        "tta_flip": p.model_tta_flip,
         "warmup": 0,
     }
     if p.thermal_normalization != "checkpoint":

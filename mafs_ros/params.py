@@ -20,6 +20,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from mafs_core.sizes import parse_input_size
+from mafs_core.tta import check_tta
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ SPECS: tuple[Spec, ...] = (
     Spec("model.warmup_size", "", "the RGB camera's size (WxH, e.g. 1920x1080) for that warm-up before any frame "
          "has been seen; empty: 640x480. Set it to the camera's size so that the first frames at 1080p do not pay "
          "for the new shapes on the live path"),
+    Spec("model.tta_scales", [1.0], "segmentation test-time augmentation: class probabilities averaged over these "
+         "factors of the working resolution (1.0 included; [1.0] = off). Each factor is another network pass: "
+         "[0.75, 1.0, 1.25] with model.tta_flip is 6 passes (docs/training.md has what it buys)"),
+    Spec("model.tta_flip", False, "test-time augmentation: also average each scale's mirrored pass (twice the "
+         "passes). The fused image is the plain pass's either way"),
     Spec("thermal.normalization", "checkpoint", "thermal to [0,1]: checkpoint (what the model was trained with), "
          "minmax (per frame), percentile (robust, smoothed) or fixed (a radiometric range); the thermal.* "
          "values below apply unless this is checkpoint", choices=("checkpoint", "minmax", "percentile", "fixed")),
@@ -115,6 +121,8 @@ class NodeParams:
     model_max_input_pixels: int
     model_warmup_iterations: int
     model_warmup_size: str
+    model_tta_scales: list[float]
+    model_tta_flip: bool
     thermal_normalization: str
     thermal_low_percentile: float
     thermal_high_percentile: float
@@ -142,6 +150,7 @@ class NodeParams:
     def from_node(cls, node: Node) -> NodeParams:
         values = {s.name.replace(".", "_"): node.get_parameter(s.name).value for s in SPECS}
         values["registration_homography"] = list(values["registration_homography"])
+        values["model_tta_scales"] = list(values["model_tta_scales"])
         return cls(**values)
 
 
@@ -214,6 +223,11 @@ def check_value(name: str, value: Any) -> str | None:
         return f"parameter '{name}' = {value!r} rejected: must be auto, 0 or WxH (e.g. 640x480)"
     if name == "model.warmup_size" and value and not isinstance(parse_input_size(value), tuple):
         return f"parameter '{name}' = {value!r} rejected: must be empty or WxH (e.g. 1920x1080)"
+    if name == "model.tta_scales":
+        try:
+            check_tta(value, False)
+        except ValueError as exc:
+            return f"parameter '{name}' = {list(value)} rejected: {exc}"
     if name == "model.device" and not (value in ("auto", "cpu", "cuda") or value.startswith("cuda:")):
         return f"parameter '{name}' = {value!r} rejected: must be auto, cpu, cuda or cuda:N"
     return None

@@ -405,6 +405,31 @@ def test_input_size_parameter_reaches_the_engine(tmp_path: Path, value, engine_s
         node.destroy_node()
 
 
+def test_tta_parameters_reach_the_engine_and_a_bad_set_is_named(tmp_path: Path) -> None:
+    from mafs_core.engine import EngineConfig
+    from mafs_ros.node import engine_overrides
+
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"model": {"tta_scales": [0.75, 1.0, 1.25],
+                                                                       "tta_flip": True}}}}))
+    node = MafsNode(namespace="/t_tta", engine_factory=tiny_engine, cli_args=["--ros-args", "--params-file", str(f)])
+    try:
+        p = params.NodeParams.from_node(node)
+        assert node._param_errors == {} and params.validate(p) == []
+        cfg = EngineConfig(**engine_overrides(p))
+        assert (cfg.tta_scales, cfg.tta_flip) == ((0.75, 1.0, 1.25), True)
+    finally:
+        node.destroy_node()
+    node = MafsNode(namespace="/t_tta_bad", engine_factory=tiny_engine,
+                    parameter_overrides=[Parameter("model.tta_scales", value=[0.75, 1.25])])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert "'model.tta_scales' = [0.75, 1.25] rejected: tta_scales must include 1.0" in \
+            "\n".join(node.configure_errors)
+    finally:
+        node.destroy_node()
+
+
 def test_bad_parameters_fail_configure_naming_them(tmp_path: Path) -> None:
     f = tmp_path / "bad.yaml"
     f.write_text(yaml.safe_dump({"/**": {"ros__parameters": {

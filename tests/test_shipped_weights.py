@@ -61,3 +61,24 @@ def test_shipped_file_segments_the_sample_frames(variant: str, sample_data: Path
     iou = cm.iou()
     assert iou[1] > 0.5 and iou[2] > 0.4 and iou[3] > 0.2, f"{variant}: car, person, bike {iou[1:4].round(3)}"
     assert cm.pixel_accuracy() > 0.9
+
+
+@pytest.mark.parametrize("variant", SHIPPED)
+def test_engine_benchmark_times_the_shipped_file(variant: str, tmp_path: Path) -> None:
+    """`bench_engine.py --checkpoints` times the file as the node loads it, not a random network of its variant
+    (shipped layouts differ: a pretrained encoder, mafs_t's decoder block kept in a grown mafs_s)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_engine", WEIGHTS.parent / "benchmarks" / "bench_engine.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    path, out = WEIGHTS / f"{variant}.safetensors", tmp_path / "bench.json"
+    assert bench.main(["--device", "cpu", "--checkpoints", str(path), "--iters", "2", "--warmup", "0",
+                       "--height", "96", "--width", "128", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    model, _ = load_checkpoint(path)
+    assert row["variant"] == variant and row["checkpoint"] == str(path)
+    assert row["vis_backbone"] == model.config.vis_backbone
+    # the engine runs deploy()'s form (BatchNorm folded into convolutions): within 2 % of the file's count
+    assert row["params_m"] * 1e6 == pytest.approx(sum(p.numel() for p in model.parameters()), rel=0.02)
+    assert row["end_to_end"]["median_ms"] > 0
