@@ -151,8 +151,11 @@ class BalanceConfig:
 
 @dataclass
 class TeacherConfig:
-    path: str | None = None  # MFNet state_dict (.pth); used in the joint stage only
+    path: str | None = None  # MFNet state_dict (.pth) or a MAFS checkpoint (.safetensors); joint stage only
     allow_pickle: bool = False  # explicit opt-in: .pth is a pickle container (loaded with weights_only=True)
+    # a MAFS teacher's test-time augmentation (mafs_core.tta): e.g. [0.75, 1.0, 1.25] and true
+    tta_scales: list[float] = field(default_factory=lambda: [1.0])
+    tta_flip: bool = False
     kd: bool = True
     pseudo_labels: bool = True
 
@@ -655,10 +658,10 @@ class Trainer:
             print(f"[mafs train] box supervision on {', '.join(names[c] for c in self.box_classes) or 'no class'}: "
                   f"weights proj {lc.w_box_proj}, pair {lc.w_box_pair}, neg {lc.w_box_neg}", flush=True)
         if t.stage == "joint" and cfg.teacher.path:
-            from mafs_core.teacher import load_mfnet_teacher
+            from mafs_core.teacher import load_teacher
 
-            self.teacher = load_mfnet_teacher(cfg.teacher.path, allow_pickle=cfg.teacher.allow_pickle,
-                                              device=self.device)
+            self.teacher = load_teacher(cfg.teacher.path, allow_pickle=cfg.teacher.allow_pickle, device=self.device,
+                                        tta_scales=tuple(cfg.teacher.tta_scales), tta_flip=cfg.teacher.tta_flip)
         self.step = 0
         self.best = math.inf
         self.history: list[dict] = []

@@ -58,3 +58,38 @@ def test_person_iou_on_real_masks(shared_data: Path) -> None:
     # measured with this rebuild: mean of per-image IoU 0.2998 (README: 0.30), pooled IoU 0.3736
     assert np.mean(ious) == pytest.approx(0.300, abs=0.01)
     assert inter / union == pytest.approx(0.374, abs=0.01)
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "weights" / "mafs_t.safetensors"
+
+
+def _sample_tensors(sample_data: Path, name: str = "00174D") -> tuple[torch.Tensor, torch.Tensor]:
+    import cv2
+
+    msrs = sample_data / "msrs"
+    ir = cv2.imread(str(msrs / "ir" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)[:256, :320]
+    vis = cv2.imread(str(msrs / "vi" / f"{name}.png"), cv2.IMREAD_COLOR)[:256, :320, ::-1]
+    return (torch.from_numpy(ir.astype(np.float32) / 255.0)[None, None],
+            torch.from_numpy(np.ascontiguousarray(vis).astype(np.float32) / 255.0).permute(2, 0, 1)[None])
+
+
+def test_mafs_checkpoint_as_teacher_plain_and_with_tta(sample_data: Path) -> None:
+    """A MAFS checkpoint serves as the training teacher: plain, it is the network's own logits at input size; with
+    tta_flip the mirrored input gets the mirrored logits (both views averaged)."""
+    from mafs_core.checkpoint import load_checkpoint
+    from mafs_core.teacher import load_teacher
+
+    ir, vis = _sample_tensors(sample_data)
+    plain = load_teacher(SHIPPED)
+    model, _ = load_checkpoint(SHIPPED)
+    with torch.no_grad():
+        t = plain(ir, vis)
+        ref = model.eval()(ir, vis)["logits"]
+    assert t.shape == (1, 9, 256, 320)
+    assert (t.argmax(1) == ref.argmax(1)).float().mean() > 0.999  # BN folded for speed: same function
+    tta = load_teacher(SHIPPED, tta_scales=(0.75, 1.0), tta_flip=True)
+    a, b = tta(ir, vis), tta(ir.flip(-1), vis.flip(-1))
+    assert a.shape == t.shape and torch.allclose(a, b.flip(-1), atol=1e-4)
+    assert not torch.allclose(a, t, atol=1e-3)  # the views were averaged
+    with pytest.raises(ValueError, match="need a MAFS teacher"):
+        load_teacher("teachers/mfnet/mfnet_final.pth", allow_pickle=True, tta_flip=True)
