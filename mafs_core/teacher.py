@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mafs_core.tta import average_views, check_tta, tta_active
+
 MFNET_NUM_CLASSES = 9  # MFNet / MSRS order: unlabelled, car, person, bike, curve, car_stop, guardrail, cone, bump
 
 
@@ -132,16 +134,12 @@ class MafsTeacher(nn.Module):
 
     def __init__(self, model: nn.Module, scales: tuple[float, ...] = (1.0,), flip: bool = False):
         super().__init__()
-        from mafs_core.tta import check_tta
-
         self.model = model.eval().requires_grad_(False)
         self.scales, self.flip = check_tta(scales, flip)
         self.multiple = int(getattr(getattr(model, "config", None), "pad_multiple", 0) or 32)
 
     @torch.no_grad()
     def forward(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
-        from mafs_core.tta import average_views, tta_active
-
         def logits_of(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return self.model(a, b)["logits"]
 
