@@ -2,7 +2,7 @@
 
 Stage I  : `mae_loss` (L1 + Sobel-gradient L1 on both reconstructed modalities).
 Stage II : `fusion_loss` (salience-weighted intensity toward max(IR, Y), gradient toward the stronger source
-           edge, SSIM to both sources, optional `qabf_loss`), `ohem_ce` (segmentation), `channel_kd`
+           edge, SSIM to both sources, optional `qabf_loss`), `ohem_ce` (segmentation), `channel_kd` or `pixel_kd`
            (teacher distillation), `pseudo_labels` (teacher argmax where labels are missing).
 """
 
@@ -156,18 +156,51 @@ def class_weights(pixel_counts: Sequence[float], scheme: str, max_ratio: float =
     return w.float()
 
 
-def channel_kd(student: torch.Tensor, teacher: torch.Tensor, tau: float = 4.0) -> torch.Tensor:
-    """Channel-wise distillation (Shu et al., ICCV 2021): each class map becomes a spatial distribution
-    softmax(logits / tau) over H*W; KL(teacher || student) per channel, times tau^2, averaged over B*C."""
+def _kd_pair(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """The student's logits at the teacher's size (KD compares them pixel for pixel); same classes required."""
     if student.shape != teacher.shape:
         if student.shape[:2] != teacher.shape[:2]:
             raise ValueError(f"KD needs the same classes: student {tuple(student.shape)}, "
                              f"teacher {tuple(teacher.shape)}")
         student = F.interpolate(student, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
+    return student
+
+
+def channel_kd(student: torch.Tensor, teacher: torch.Tensor, tau: float = 4.0) -> torch.Tensor:
+    """Channel-wise distillation (Shu et al., ICCV 2021): each class map becomes a spatial distribution
+    softmax(logits / tau) over H*W; KL(teacher || student) per channel, times tau^2, averaged over B*C."""
+    student = _kd_pair(student, teacher)
     b, c = student.shape[:2]
     s = F.log_softmax(student.float().reshape(b * c, -1) / tau, dim=1)
     t = F.log_softmax(teacher.float().reshape(b * c, -1) / tau, dim=1)
     return (tau**2) * F.kl_div(s, t, log_target=True, reduction="sum") / (b * c)
+
+
+def pixel_kd(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Pixel-wise distillation (Hinton et al., 2015): KL(teacher || student) between the class distributions
+    softmax(logits / tau) at each pixel, times tau^2, averaged over B*H*W. Why beside `channel_kd`: a teacher
+    that averages views (TTA) differs from its plain pass in each pixel's class balance, which this matches
+    and the per-class spatial distributions of `channel_kd` do not."""
+    student = _kd_pair(student, teacher)
+    s = F.log_softmax(student.float() / tau, dim=1)
+    t = F.log_softmax(teacher.float() / tau, dim=1)
+    b, _, h, w = student.shape
+    return (tau**2) * F.kl_div(s, t, log_target=True, reduction="sum") / (b * h * w)
+
+
+def check_kd_kind(kind: str) -> str:
+    """`loss.kd_kind`, checked when the trainer starts rather than at its first step."""
+    if kind not in KD_KINDS:
+        raise ValueError(f"loss.kd_kind must be one of {sorted(KD_KINDS)}, got {kind!r}")
+    return kind
+
+
+def kd_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
+    """The distillation term named by `loss.kd_kind`: "channel" (`channel_kd`) or "pixel" (`pixel_kd`)."""
+    return KD_KINDS[check_kd_kind(kind)](student, teacher, tau)
+
+
+KD_KINDS = {"channel": channel_kd, "pixel": pixel_kd}
 
 
 def pseudo_labels(teacher_logits: torch.Tensor, conf_thresh: float = 0.0,

@@ -52,9 +52,10 @@ from mafs_core.datasets import (
     repeat_factors,
 )
 from mafs_core.losses import (
-    channel_kd,
+    check_kd_kind,
     class_weights,
     fusion_loss,
+    kd_loss,
     merge_labels,
     ohem_ce,
     pseudo_labels,
@@ -127,6 +128,7 @@ class LossConfig:
     aux_weight: float = 0.4
     kd_weight: float = 1.0
     kd_tau: float = 4.0
+    kd_kind: str = "channel"  # channel (Shu et al.) | pixel (Hinton): losses.kd_loss
     pseudo_conf: float = 0.0  # teacher pseudo-labels below this confidence are ignored
     class_weighting: str = "none"  # none | sqrt_inv: CE class weights from the training labels (losses.class_weights)
     class_weight_max: float = 10.0  # sqrt_inv: largest weight as a multiple of the smallest
@@ -650,6 +652,7 @@ class Trainer:
         weights = {"proj": lc.w_box_proj, "pair": lc.w_box_pair, "neg": lc.w_box_neg}
         self.box_weights = weights if any(weights.values()) and t.stage == "joint" else {}
         self.box_classes = box_classes(self.train_ds.records) if self.box_weights else []
+        check_kd_kind(lc.kd_kind)
         if lc.box_teacher not in ("correct", "drop"):
             raise ValueError(f"loss.box_teacher must be 'correct' or 'drop', got {lc.box_teacher!r}")
         self._box_classes_t = torch.tensor(self.box_classes, dtype=torch.long, device=dev)
@@ -774,7 +777,7 @@ class Trainer:
             l_ce = ohem_ce(logits, label, lc.ohem_thresh, lc.ohem_min_kept, weight=self.ce_weight)
             l_aux = sum((ohem_ce(a.float(), label, lc.ohem_thresh, lc.ohem_min_kept, weight=self.ce_weight)
                          for a in out["aux_logits"]), logits.new_zeros(()))
-            l_kd = channel_kd(logits, t_logits, lc.kd_tau) if t_logits is not None and cfg.teacher.kd \
+            l_kd = kd_loss(lc.kd_kind, logits, t_logits, lc.kd_tau) if t_logits is not None and cfg.teacher.kd \
                 else logits.new_zeros(())
             l_s = l_ce + lc.aux_weight * l_aux + lc.kd_weight * l_kd
             box_parts: dict[str, float] = {}

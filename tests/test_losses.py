@@ -11,9 +11,11 @@ from mafs_core.losses import (
     channel_kd,
     fusion_loss,
     grad_mag,
+    kd_loss,
     mae_loss,
     merge_labels,
     ohem_ce,
+    pixel_kd,
     pseudo_labels,
     qabf_loss,
     rgb_to_y,
@@ -95,6 +97,27 @@ def test_channel_kd_known_value() -> None:
     assert channel_kd(torch.randn(2, 9, 4, 4), x).item() > 0  # student upsampled to the teacher's size
     with pytest.raises(ValueError, match="same classes"):
         channel_kd(torch.randn(2, 5, 8, 8), x)
+
+
+def test_pixel_kd_known_value_and_kind() -> None:
+    # classes on dim 1: teacher [.5, .5] and student [.25, .75] at one pixel; a second pixel agrees exactly
+    t = torch.zeros(1, 2, 1, 2)
+    s = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]]).view(1, 2, 1, 2)
+    assert pixel_kd(s, t, tau=1.0).item() == pytest.approx(0.5 * 0.5 * math.log(4 / 3), abs=1e-6)
+    assert pixel_kd(s * 2, t, tau=2.0).item() == pytest.approx(4 * 0.5 * 0.5 * math.log(4 / 3), abs=1e-6)
+    x = torch.randn(2, 9, 8, 8)
+    y = torch.randn(2, 9, 8, 8)
+    # the same pair read per class channel (spatial distributions) gives channel_kd's different value
+    assert channel_kd(y, x, tau=1.0).item() != pytest.approx(pixel_kd(y, x, tau=1.0).item(), abs=1e-3)
+    assert pixel_kd(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    assert pixel_kd(torch.randn(2, 9, 4, 4), x).item() > 0  # student upsampled to the teacher's size
+    assert kd_loss("pixel", s, t, 1.0).item() == pytest.approx(pixel_kd(s, t, 1.0).item())
+    assert kd_loss("channel", s, t, 1.0).item() == pytest.approx(channel_kd(s, t, 1.0).item())
+    with pytest.raises(ValueError, match="kd_kind"):
+        kd_loss("spatial", s, t, 1.0)
+    student = torch.randn(1, 9, 4, 4, requires_grad=True)
+    pixel_kd(student, x[:1]).backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
 
 
 def test_pseudo_labels_and_merge() -> None:
