@@ -260,13 +260,17 @@ def test_ddp_two_processes_gloo(tmp_path: Path, pairs: Path) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_joint_run_with_a_mafs_teacher_over_tta_views(tmp_path: Path, pairs: Path) -> None:
+@pytest.mark.parametrize("kd_kind", ["channel", "pixel"])
+def test_joint_run_with_a_mafs_teacher_over_tta_views(tmp_path: Path, pairs: Path, kd_kind: str) -> None:
     """teacher.path may be a MAFS checkpoint (the shipped weights here, so it runs on a bare clone) with its
-    test-time augmentation: KD and pseudo-labels come from it."""
+    test-time augmentation: KD (of either kind) and pseudo-labels come from it."""
     cfg_path = _config(tmp_path, pairs, "joint", REPO / "weights" / "mafs_t.safetensors", steps=4)
-    summary = train(load_config(cfg_path, ["teacher.tta_scales=[0.75,1.0]", "teacher.tta_flip=true"]))
+    summary = train(load_config(cfg_path, ["teacher.tta_scales=[0.75,1.0]", "teacher.tta_flip=true",
+                                           f"loss.kd_kind={kd_kind}"]))
     rows = [json.loads(r) for r in (tmp_path / "run_joint" / LOSS_LOG).read_text().splitlines()]
     assert len(rows) == 4 and all(np.isfinite(r["loss"]) and r["kd"] > 0 for r in rows)
     assert 0 <= summary["val"]["val/teacher_agreement_miou"] <= 1  # the log reads the student against it
     with pytest.raises(ValueError, match=r"tta_scales must include 1\.0"):
         train(load_config(cfg_path, ["teacher.tta_scales=[0.75]", f"train.out_dir={tmp_path / 'bad'}"]))
+    with pytest.raises(ValueError, match=r"loss\.kd_kind must be one of"):
+        train(load_config(cfg_path, ["loss.kd_kind=spatial", f"train.out_dir={tmp_path / 'bad_kd'}"]))
