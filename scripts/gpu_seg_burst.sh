@@ -8,14 +8,14 @@
 #   mafs_t_dec  the same start with only the segmentation decoder (and the backbone's projections) trained, on
 #           384x512 crops of frames scaled 0.8-1.4: run (d1)'s recipe, the one CPU run from the shipped weights that
 #           raised the split's mIoU (0.499, better in 98 % of resamples), at GPU batch
-# Both start at lr 2e-4 with the pretrained encoder frozen ((b2): higher raw mIoU, faster steps), and end without
+# All three start at lr 2e-4 with the pretrained encoder frozen ((b2): higher raw mIoU, faster steps), and end without
 # precise BN or class offsets (offsets fitted on the training frames cost every run since (l2)); the engine pass on
 # the validation split scores the weights as trained. Then, per variant, two candidates for the CPU to score
 # (scripts/eval_weights.sh, bootstrap_miou.py): VARIANT_raw (as trained) and VARIANT_mean (the mean with its start,
 # BN outside the backbone re-estimated on 64 training frames: what kept RoadScene's sharpness in (b2m), (b3), (s3)).
-# Last, the shipped mafs_t timed on the card plain and with TTA (tta_timing.txt, bench_engine_cuda*.json).
-# Both stored with float16 parameters, since a file over 16 MiB does not come back from the device (mafs_s fp32 is
+# Each stored with float16 parameters, since a file over 16 MiB does not come back from the device (mafs_s fp32 is
 # 26-31 MB). RoadScene fusion metrics of each candidate: roadscene.txt. Logs and losses: results.tgz.
+# Last, the shipped mafs_t timed on the card plain and with TTA (tta_timing.txt, bench_engine_cuda_views{1,6}.json).
 # Needs, carried beside the tree (git-ignored, built by scripts/gpu_data.sh): .whl and .gpu/data (never committed),
 # 60 MB with the tree.
 #   T2 = seconds of mafs_t Stage II, T1 + T2 of mafs_s (default 60 / 300); EXTRA="key=value ..." appended to

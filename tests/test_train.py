@@ -270,6 +270,11 @@ def test_joint_run_with_a_mafs_teacher_over_tta_views(tmp_path: Path, pairs: Pat
     rows = [json.loads(r) for r in (tmp_path / "run_joint" / LOSS_LOG).read_text().splitlines()]
     assert len(rows) == 4 and all(np.isfinite(r["loss"]) and r["kd"] > 0 for r in rows)
     assert 0 <= summary["val"]["val/teacher_agreement_miou"] <= 1  # the log reads the student against it
+
+
+def test_joint_run_rejects_bad_teacher_views_and_kd_kind(tmp_path: Path, pairs: Path) -> None:
+    """Both are refused when the trainer starts, not at its first step."""
+    cfg_path = _config(tmp_path, pairs, "joint", REPO / "weights" / "mafs_t.safetensors", steps=4)
     with pytest.raises(ValueError, match=r"tta_scales must include 1\.0"):
         train(load_config(cfg_path, ["teacher.tta_scales=[0.75]", f"train.out_dir={tmp_path / 'bad'}"]))
     with pytest.raises(ValueError, match=r"loss\.kd_kind must be one of"):
