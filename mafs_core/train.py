@@ -15,6 +15,7 @@ run killed with SIGKILL and resumed continues with exactly the losses it would h
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
@@ -120,6 +122,10 @@ class LossConfig:
     w_ssim: float = 1.0
     salient_weight: float = 2.0
     w_qabf: float = 0.0  # differentiable 1 - Q^{AB/F} (losses.qabf_loss); 0 leaves it out
+    # L1 between the fused image and that of the starting weights (train.init_from), run as at inference: the
+    # fusion decoder reads the segmentation decoder's features, so segmentation fine-tuning moves the fused image
+    # users already have unless it is held there (docs/training.md, run (a1)); 0 = off
+    w_anchor: float = 0.0
     target_classes: list[int] = field(default_factory=lambda: [1, 2])  # teacher classes forming the target mask
     fusion_weight: float = 1.0  # static scale of each task before the dynamic weights
     seg_weight: float = 0.5
@@ -610,6 +616,11 @@ class Trainer:
         if t.init_from:
             _load_init(self.model, t.init_from, strict=t.init_strict)
         self.model.to(self.device)
+        self.anchor: nn.Module | None = None  # the starting weights, frozen, for loss.w_anchor
+        if t.stage == "joint" and cfg.loss.w_anchor > 0:
+            if not t.init_from:
+                raise ValueError("loss.w_anchor needs train.init_from: the weights whose fused images it keeps")
+            self.anchor = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.frozen = _freeze_outside(self.model, t.trainable)
         self.ema = None
         if t.ema > 0:
@@ -762,6 +773,12 @@ class Trainer:
             tmask = t_logits.softmax(1)[:, lc.target_classes].sum(1, keepdim=True) if t_logits is not None else None
             l_f, parts = fusion_loss(out["fused_y"].float(), ir, vis_y, tmask, lc.w_int, lc.w_grad, lc.w_ssim,
                                      lc.salient_weight, lc.w_qabf)
+            if self.anchor is not None:
+                with torch.no_grad(), ac:
+                    anchor_y = self.anchor(ir, vis, mode="joint")["fused_y"]
+                l_anchor = F.l1_loss(out["fused_y"].float(), anchor_y.float())
+                l_f = l_f + lc.w_anchor * l_anchor
+                parts["f_anchor"] = float(l_anchor.detach())
             boxed = has_boxes.to(self.device) & ~has_label.to(self.device)  # box-supervised frames
             logits = out["logits"].float()
             targets = None

@@ -197,6 +197,36 @@ def test_trainable_prefixes_leave_the_rest_bit_identical(tmp_path: Path, pairs: 
         train(load_config(cfg, ["train.trainable=[fusoin]"]), command="pytest")
 
 
+@pytest.mark.timeout(240)
+def test_anchor_holds_the_fused_image_to_the_starting_weights(tmp_path: Path, pairs: Path, shared_data: Path) -> None:
+    """loss.w_anchor: 0 while the fused image is the start's, positive once it moves, logged; needs a start."""
+    from mafs_core.datasets import collate
+    from mafs_core.train import Trainer
+
+    # the shipped weights: a fresh network's fusion decoder starts deaf to the semantic features (PHF at identity)
+    cfg_path = _config(tmp_path, pairs, "joint", shared_data / TEACHER, steps=4,
+                       init_from=str(REPO / "weights" / "mafs_t.safetensors"), trainable=["seg"], precise_bn_images=0)
+    anchored = ["loss.w_anchor=10", "model.overrides.vis_backbone=efficientnet_lite0"]
+    trainer = Trainer(load_config(cfg_path, anchored))
+    batch = collate([trainer.train_ds[i] for i in range(2)])
+    trainer.model.eval()  # as validation runs it
+    same = trainer.compute(batch, train=False)
+    assert same.parts["f_anchor"] == 0.0
+    with torch.no_grad():
+        trainer.model.fusion.out.bias += 0.5
+    moved = trainer.compute(batch, train=False)
+    assert moved.parts["f_anchor"] > 0.01
+    lc, p = trainer.cfg.loss, moved.parts
+    terms = lc.w_int * p["f_int"] + lc.w_grad * p["f_grad"] + lc.w_ssim * p["f_ssim"]
+    assert float(moved.tasks[0]) == pytest.approx(lc.fusion_weight * (terms + 10 * p["f_anchor"]), rel=1e-4)
+    # a short run training only the segmentation decoder: its fused image drifts from the start's; the log shows it
+    train(load_config(cfg_path, anchored), command="pytest")
+    rows = [json.loads(r) for r in (tmp_path / "run_joint" / LOSS_LOG).read_text().splitlines()]
+    assert len(rows) == 4 and rows[-1]["f_anchor"] > 0
+    with pytest.raises(ValueError, match=r"loss\.w_anchor needs train\.init_from"):
+        Trainer(load_config(cfg_path, [*anchored, "train.init_from=null"]))
+
+
 def _popen(cfg: Path, *overrides: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mafs_core.train", str(cfg), "train.threads=1", *overrides, "--resume"]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
